@@ -1,0 +1,69 @@
+"""Default recipe: ResNet-18 on the built-in synthetic faces; trains and evaluates on a laptop CPU.
+
+    python -m deepfake_jax.main --config configs/default.py --workdir runs/demo
+    python -m deepfake_jax.main --config configs/default.py:tiny --workdir /tmp/t   # test size
+    ... --config.data.dir=/data/140k_converted --config.input.batch_size=128        # overrides
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+
+    config.data = ml_collections.ConfigDict()
+    # A folder written by `python -m data_prep.convert`; unset -> the synthetic data below,
+    # generated into <workdir>/data on the first run.
+    config.data.dir = config_dict.placeholder(str)
+    config.data.train_split = "train"
+    config.data.val_split = "valid"
+    config.data.test_split = "test"
+    config.data.synthetic = ml_collections.ConfigDict(dict(
+        train=1500, valid=250, test=250,  # images PER CLASS
+        image_size=64, difficulty=0.5, seed=0, workers=1,
+    ))
+
+    config.input = ml_collections.ConfigDict()
+    config.input.crop_size = 56  # random crops in training, center crop at eval (no resizing)
+    config.input.resize_to = config_dict.placeholder(int)  # short side resize before cropping
+    config.input.flip_prob = 0.5
+    config.input.batch_size = 64  # global, over all devices and processes
+    config.input.eval_batch_size = 128
+    config.input.num_workers = 0  # grain worker processes for decoding/augmentation
+    config.input.mean = (0.485, 0.456, 0.406)
+    config.input.std = (0.229, 0.224, 0.225)
+
+    config.model_name = "resnet"
+    config.model = ml_collections.ConfigDict(dict(variant="18"))
+    config.num_classes = 1  # one logit: p_fake = sigmoid(logit)
+
+    config.optimizer = ml_collections.ConfigDict(dict(
+        name="adamw", learning_rate=2e-3, weight_decay=0.05, b1=0.9, b2=0.999,
+        warmup_steps=50, schedule="cosine", end_lr_factor=0.01, grad_clip_norm=1.0,
+    ))
+    config.num_epochs = 6
+    config.num_train_steps = config_dict.placeholder(int)  # overrides num_epochs when set
+    config.ema_decay = 0.99
+
+    config.log_every_steps = 20
+    config.eval_every_steps = 100
+    config.halt_after_steps = config_dict.placeholder(int)  # stop (checkpointed) after N steps
+    config.checkpoint = ml_collections.ConfigDict(dict(keep_best=2, every_steps=100,
+                                                       async_save=True))
+    config.eval = ml_collections.ConfigDict(dict(use_ema=True, threshold_method="eer"))
+    config.mesh = ml_collections.ConfigDict(dict(data=-1))  # -1: every device
+
+    if arg == "tiny":  # same recipe, test size: seconds on one CPU core
+        config.data.synthetic.update(train=48, valid=16, test=16, image_size=32, difficulty=0.0)
+        config.input.update(crop_size=28, batch_size=16, eval_batch_size=16)
+        config.model.variant = "tiny"
+        config.optimizer.warmup_steps = 2
+        config.num_epochs = 2
+        config.log_every_steps = 2
+        config.eval_every_steps = 4
+        config.checkpoint.update(every_steps=2, async_save=False)
+    elif arg:
+        raise ValueError(f"configs/default.py: unknown argument {arg!r}; use nothing or 'tiny'")
+    return config

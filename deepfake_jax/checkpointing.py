@@ -1,0 +1,83 @@
+"""One orbax CheckpointManager per run with two items: the train state and the grain iterator.
+
+Saving the iterator next to the weights means a resumed run sees exactly the batches an
+uninterrupted run would have seen. Retention: the latest checkpoint plus the best `keep_best`
+by a validation metric (higher is better).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import grain
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as policies
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+class Checkpointer:
+    def __init__(self, directory: str, *, keep_best: int = 2, best_metric: str = "val_roc_auc",
+                 async_save: bool = True):
+        self.directory = os.path.abspath(directory)
+        self.best_metric = best_metric
+        metric_fn = lambda m: m[best_metric]
+        self.manager = ocp.CheckpointManager(
+            self.directory,
+            item_names=("state", "data"),
+            options=ocp.CheckpointManagerOptions(
+                best_fn=metric_fn,
+                best_mode="max",
+                preservation_policy=policies.AnyPreservationPolicy([
+                    policies.LatestN(n=1),
+                    policies.BestN(get_metric_fn=metric_fn, n=keep_best,
+                                   keep_checkpoints_without_metrics=False),
+                ]),
+                enable_async_checkpointing=async_save,
+                create=True,
+            ),
+        )
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def best_step(self) -> int | None:
+        return self.manager.best_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self.manager.all_steps())
+
+    def save(self, step: int, state: Any, data_iterator: Any | None = None,
+             metrics: dict[str, float] | None = None) -> None:
+        items = {"state": ocp.args.StandardSave(state)}
+        if data_iterator is not None:
+            items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+        if metrics is not None and self.best_metric not in metrics:
+            metrics = None  # a checkpoint that cannot be ranked is kept only while it is latest
+        self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
+
+    def restore(self, step: int, abstract_state: Any, data_iterator: Any | None = None
+                ) -> tuple[Any, Any]:
+        """Restores onto the shardings in `abstract_state` (any device count) and the iterator."""
+        items = {"state": ocp.args.StandardRestore(abstract_state)}
+        if data_iterator is not None:
+            items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+        try:
+            restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+        except Exception as e:  # orbax raises many types; say which checkpoint failed and why
+            raise CheckpointError(
+                f"could not restore checkpoint step {step} from {self.directory}: "
+                f"{type(e).__name__}: {e}. If the files are truncated or were written by a "
+                "different model/config, delete that step folder or use another workdir."
+            ) from e
+        return restored["state"], restored.get("data") if data_iterator is not None else None
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()

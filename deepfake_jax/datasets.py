@@ -1,0 +1,48 @@
+"""Resolves `config.data` to a converted dataset folder, generating the built-in one if asked.
+
+`config.data.dir` set: that converted dataset is used as it is.
+`config.data.dir` unset: the built-in synthetic faces (`config.data.synthetic`) are generated
+into `<workdir>/data/images` and converted to `<workdir>/data/arrayrecord`, once; later runs
+and resumed runs reuse them.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+from absl import logging
+from jax.experimental import multihost_utils
+
+from deepfake_jax import records
+
+
+def prepare(config, workdir: str) -> str:
+    data = config.data
+    if data.get("dir"):
+        records.read_manifest(data.dir)  # fails early, with the fix, if it is not converted
+        return data.dir
+    if not data.get("synthetic"):
+        raise ValueError("config.data.dir is not set and config.data.synthetic is empty: "
+                         "point config.data.dir at a folder written by data_prep.convert")
+    out_dir = os.path.join(workdir, "data", "arrayrecord")
+    ready = os.path.exists(os.path.join(out_dir, records.MANIFEST_NAME))
+    if jax.process_index() == 0 and not ready:
+        _generate_and_convert(data.synthetic, os.path.join(workdir, "data", "images"), out_dir)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("synthetic data ready")
+    return out_dir
+
+
+def _generate_and_convert(synth, images_dir: str, out_dir: str) -> None:
+    from data_prep import convert, synthetic
+
+    logging.info("Generating synthetic faces into %s", images_dir)
+    synthetic.generate_140k(
+        images_dir,
+        counts={"train": synth.train, "valid": synth.valid, "test": synth.test},
+        image_size=synth.image_size, difficulty=synth.difficulty, seed=synth.seed,
+        num_workers=synth.get("workers", 1),
+    )
+    logging.info("Converting %s to ArrayRecord in %s", images_dir, out_dir)
+    convert.convert(images_dir, out_dir, layout="140k", overwrite=True, show_progress=False)

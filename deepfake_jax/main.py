@@ -1,0 +1,26 @@
+"""Entry point: python -m deepfake_jax.main --config configs/default.py --workdir runs/demo
+
+Any config value can be overridden: --config.input.batch_size=128 --config.data.dir=/data/x
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from deepfake_jax import train
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and evaluation go.")
+config_flags.DEFINE_config_file("config", None, "An ml_collections config file.",
+                                lock_config=True)
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.INFO)
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,146 @@
+"""Binary real/fake metrics (scikit-learn) and their plots (matplotlib, Agg backend).
+
+Convention: label 1 = fake is the positive class; scores are p_fake in [0, 1].
+A threshold is chosen on validation (EER or max-F1) and applied unchanged to test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+from sklearn import metrics as skm
+
+from deepfake_jax.records import CLASS_NAMES
+
+
+def equal_error_rate(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
+    """(EER, threshold): the ROC point where false-positive and false-negative rates meet.
+
+    Interpolates linearly between the two ROC points that bracket FPR == FNR.
+    """
+    fpr, tpr, thresholds = skm.roc_curve(labels, scores)
+    fnr = 1.0 - tpr
+    diff = fpr - fnr  # increases from <= 0 to >= 0 along the curve
+    i = int(np.argmax(diff >= 0))
+    if i == 0:
+        return float(fpr[0]), float(min(thresholds[0], 1.0))
+    # Interpolate between points i-1 and i.
+    d0, d1 = diff[i - 1], diff[i]
+    t = 0.0 if d1 == d0 else -d0 / (d1 - d0)
+    eer = float(fpr[i - 1] + t * (fpr[i] - fpr[i - 1]))
+    threshold = float(thresholds[i - 1] + t * (thresholds[i] - thresholds[i - 1]))
+    return eer, float(np.clip(threshold, 0.0, 1.0))
+
+
+def max_f1_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
+    precision, recall, thresholds = skm.precision_recall_curve(labels, scores)
+    f1 = 2 * precision[:-1] * recall[:-1] / np.maximum(precision[:-1] + recall[:-1], 1e-12)
+    return float(thresholds[int(np.argmax(f1))])
+
+
+def choose_threshold(labels: np.ndarray, scores: np.ndarray, method: str = "eer") -> float:
+    if len(np.unique(labels)) < 2:
+        return 0.5  # a one-class split cannot place a threshold; fall back to the prior-free 0.5
+    if method == "eer":
+        return equal_error_rate(labels, scores)[1]
+    if method == "max_f1":
+        return max_f1_threshold(labels, scores)
+    if method == "fixed":
+        return 0.5
+    raise ValueError(f"unknown threshold method {method!r}; choose eer, max_f1 or fixed")
+
+
+def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, Any]:
+    """Threshold-free (AUC, AP, EER) and thresholded (accuracy, P, R, F1, confusion) metrics."""
+    labels = np.asarray(labels).astype(int)
+    scores = np.asarray(scores, dtype=np.float64)
+    preds = (scores >= threshold).astype(int)
+    out: dict[str, Any] = {
+        "num_examples": int(labels.size),
+        "num_fake": int(labels.sum()),
+        "num_real": int((1 - labels).sum()),
+        "threshold": float(threshold),
+        "accuracy": float(skm.accuracy_score(labels, preds)),
+        "balanced_accuracy": float(skm.balanced_accuracy_score(labels, preds))
+        if len(np.unique(labels)) > 1 else None,
+        "precision": float(skm.precision_score(labels, preds, zero_division=0)),
+        "recall": float(skm.recall_score(labels, preds, zero_division=0)),
+        "f1": float(skm.f1_score(labels, preds, zero_division=0)),
+        "confusion_matrix": skm.confusion_matrix(labels, preds, labels=[0, 1]).tolist(),
+        "confusion_matrix_order": "rows=true, cols=predicted, [real, fake]",
+    }
+    if len(np.unique(labels)) > 1:
+        eer, eer_threshold = equal_error_rate(labels, scores)
+        out.update(
+            roc_auc=float(skm.roc_auc_score(labels, scores)),
+            average_precision=float(skm.average_precision_score(labels, scores)),
+            eer=eer,
+            eer_threshold=eer_threshold,
+            log_loss=float(skm.log_loss(labels, np.clip(scores, 1e-7, 1 - 1e-7), labels=[0, 1])),
+        )
+    else:
+        out.update(roc_auc=None, average_precision=None, eer=None, eer_threshold=None,
+                   log_loss=None)
+    return out
+
+
+def save_plots(labels: np.ndarray, scores: np.ndarray, metrics: dict[str, Any], out_dir: str,
+               title: str = "") -> list[str]:
+    """ROC, PR and confusion-matrix PNGs; returns the written paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    os.makedirs(out_dir, exist_ok=True)
+    written = []
+    if metrics.get("roc_auc") is not None:
+        fpr, tpr, _ = skm.roc_curve(labels, scores)
+        fig, ax = plt.subplots(figsize=(4.5, 4.5))
+        ax.plot(fpr, tpr, label=f"AUC = {metrics['roc_auc']:.4f}")
+        ax.plot([0, 1], [0, 1], "k--", lw=0.8)
+        ax.plot([metrics["eer"]], [1 - metrics["eer"]], "o", label=f"EER = {metrics['eer']:.4f}")
+        ax.set(xlabel="false positive rate (real called fake)", ylabel="true positive rate",
+               title=f"ROC {title}".strip())
+        ax.legend(loc="lower right")
+        written.append(_save(fig, os.path.join(out_dir, "roc.png")))
+
+        precision, recall, _ = skm.precision_recall_curve(labels, scores)
+        fig, ax = plt.subplots(figsize=(4.5, 4.5))
+        ax.plot(recall, precision, label=f"AP = {metrics['average_precision']:.4f}")
+        ax.set(xlabel="recall (fake)", ylabel="precision (fake)", title=f"PR {title}".strip(),
+               ylim=(0, 1.02))
+        ax.legend(loc="lower left")
+        written.append(_save(fig, os.path.join(out_dir, "pr.png")))
+
+    cm = np.asarray(metrics["confusion_matrix"])
+    fig, ax = plt.subplots(figsize=(4, 3.6))
+    ax.imshow(cm, cmap="Blues")
+    for (i, j), v in np.ndenumerate(cm):
+        ax.text(j, i, str(v), ha="center", va="center",
+                color="white" if v > cm.max() / 2 else "black")
+    ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=CLASS_NAMES, yticklabels=CLASS_NAMES,
+           xlabel="predicted", ylabel="true",
+           title=f"threshold {metrics['threshold']:.3f} {title}".strip())
+    written.append(_save(fig, os.path.join(out_dir, "confusion_matrix.png")))
+    return written
+
+
+def _save(fig, path: str) -> str:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def write_json(obj: Any, path: str) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)

@@ -1,0 +1,417 @@
+"""Training loop: mesh, data, model, optimizer, EMA, checkpoints, periodic and final evaluation.
+
+The model is a flax.nnx module, but the train state is plain pytrees (pure dicts of arrays):
+`nnx.merge(graphdef, params, batch_stats)` rebuilds the module inside the jitted step. This
+keeps `jax.jit` free of nnx's per-call Python overhead, lets us give every leaf a sharding and
+donate the state, and makes orbax checkpoints plain trees.
+
+EMA: `ema_params` and `ema_batch_stats` are exponential moving averages of the weights *and* of
+the BatchNorm statistics (like timm's ModelEmaV2), so EMA evaluation uses statistics that match
+the averaged weights. The decay warms up as min(decay, (1 + step) / (10 + step)) so short runs
+are not dominated by the random initialisation.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import signal
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from flax import nnx
+from jax.experimental import multihost_utils
+
+from deepfake_jax import (
+    checkpointing,
+    datasets,
+    input_pipeline,
+    logging_utils,
+    metrics,
+    models,
+    records,
+    sharding,
+)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    ema_params: Any
+    ema_batch_stats: Any
+
+
+# ----------------------------------------------------------------------------- model + state
+
+
+def build_model(config: ml_collections.ConfigDict, rng: jax.Array) -> nnx.Module:
+    model_kwargs = dict(config.get("model", {}))
+    return models.create_model(
+        config.model_name, num_classes=config.num_classes, rngs=nnx.Rngs(rng), **model_kwargs
+    )
+
+
+def _split(model: nnx.Module):
+    graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+    return graphdef, params.to_pure_dict(), batch_stats.to_pure_dict()
+
+
+def weight_decay_mask(params: Any) -> Any:
+    """Decay matrices and conv kernels only: not biases, not norm scales (ndim <= 1)."""
+    return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def learning_rate_schedule(opt_config: ml_collections.ConfigDict, total_steps: int):
+    peak = float(opt_config.learning_rate)
+    warmup = min(int(opt_config.warmup_steps), max(total_steps - 1, 0))
+    if opt_config.get("schedule", "cosine") == "constant":
+        return optax.join_schedules(
+            [optax.linear_schedule(0.0, peak, warmup), optax.constant_schedule(peak)], [warmup]
+        )
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=peak, warmup_steps=warmup,
+        decay_steps=max(total_steps, warmup + 1),
+        end_value=peak * float(opt_config.get("end_lr_factor", 0.01)),
+    )
+
+
+def build_optimizer(opt_config: ml_collections.ConfigDict, total_steps: int):
+    schedule = learning_rate_schedule(opt_config, total_steps)
+    name = opt_config.get("name", "adamw")
+    if name == "adamw":
+        tx = optax.adamw(schedule, b1=opt_config.b1, b2=opt_config.b2,
+                         weight_decay=opt_config.weight_decay, mask=weight_decay_mask)
+    elif name == "sgd":
+        tx = optax.chain(
+            optax.add_decayed_weights(opt_config.weight_decay, mask=weight_decay_mask),
+            optax.sgd(schedule, momentum=opt_config.get("momentum", 0.9), nesterov=True),
+        )
+    else:
+        raise ValueError(f"config.optimizer.name={name!r}; choose adamw or sgd")
+    if opt_config.get("grad_clip_norm"):
+        tx = optax.chain(optax.clip_by_global_norm(opt_config.grad_clip_norm), tx)
+    return tx, schedule
+
+
+def create_train_state(config, mesh, tx):
+    """Builds the state already sharded on `mesh`; returns (graphdef, state, state_shardings)."""
+    rng = jax.random.key(config.seed)
+
+    def init():
+        graphdef, params, batch_stats = _split(build_model(config, rng))
+        del graphdef
+        return TrainState(
+            step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+            opt_state=tx.init(params), ema_params=params, ema_batch_stats=batch_stats,
+        )
+
+    graphdef = nnx.graphdef(nnx.eval_shape(lambda: build_model(config, rng)))
+    abstract = jax.eval_shape(init)
+    shardings = sharding.state_shardings(mesh, abstract)
+    state = jax.jit(init, out_shardings=shardings)()
+    return graphdef, state, shardings
+
+
+def abstract_state_like(state: TrainState, shardings: Any) -> Any:
+    """Restore target: shapes/dtypes of `state` with the shardings of the current mesh."""
+    return jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings
+    )
+
+
+# ----------------------------------------------------------------------------- steps
+
+
+def normalize(images: jax.Array, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> jax.Array:
+    images = images.astype(jnp.float32) / 255.0
+    return (images - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+
+
+def loss_and_scores(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Per-example loss and p_fake; one logit -> sigmoid BCE, several -> softmax CE."""
+    if logits.shape[-1] == 1:
+        logits = logits[..., 0]
+        loss = optax.sigmoid_binary_cross_entropy(logits, labels.astype(jnp.float32))
+        return loss, jax.nn.sigmoid(logits)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    return loss, jax.nn.softmax(logits)[..., 1]
+
+
+def ema_decay_at(step: jax.Array, decay: float) -> jax.Array:
+    step = step.astype(jnp.float32)
+    return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], *, graphdef, tx, schedule,
+               ema_decay: float, mean, std) -> tuple[TrainState, dict[str, jax.Array]]:
+    images = normalize(batch["image"], mean, std)
+    labels = batch["label"]
+
+    def loss_fn(params):
+        model = nnx.merge(graphdef, params, state.batch_stats)
+        logits = model(images, train=True)
+        loss, scores = loss_and_scores(logits.astype(jnp.float32), labels)
+        new_batch_stats = nnx.state(model, nnx.BatchStat).to_pure_dict()
+        return loss.mean(), (scores, new_batch_stats)
+
+    (loss, (scores, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    d = ema_decay_at(state.step, ema_decay)
+    ema = lambda avg, new: avg * d + new.astype(avg.dtype) * (1.0 - d)
+    new_state = TrainState(
+        step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state,
+        ema_params=jax.tree.map(ema, state.ema_params, params),
+        ema_batch_stats=jax.tree.map(ema, state.ema_batch_stats, batch_stats),
+    )
+    step_metrics = {
+        "loss": loss,
+        "accuracy": jnp.mean((scores >= 0.5) == (labels == records.LABEL_FAKE)),
+        "grad_norm": optax.global_norm(grads),
+        "learning_rate": schedule(state.step),
+    }
+    return new_state, step_metrics
+
+
+def eval_step(state: TrainState, batch: dict[str, jax.Array], *, graphdef, use_ema: bool,
+              mean, std) -> jax.Array:
+    params, batch_stats = ((state.ema_params, state.ema_batch_stats) if use_ema
+                           else (state.params, state.batch_stats))
+    model = nnx.merge(graphdef, params, batch_stats)
+    logits = model(normalize(batch["image"], mean, std), train=False)
+    _, scores = loss_and_scores(logits.astype(jnp.float32), batch["label"])
+    return scores
+
+
+def make_steps(config, mesh, graphdef, tx, schedule, state_shardings):
+    """Jitted train and eval steps with explicit shardings; the train step donates the state."""
+    mean = tuple(config.input.get("mean", IMAGENET_MEAN))
+    std = tuple(config.input.get("std", IMAGENET_STD))
+    batch_sh = sharding.batch_sharding(mesh)
+    train = jax.jit(
+        functools.partial(train_step, graphdef=graphdef, tx=tx, schedule=schedule,
+                          ema_decay=float(config.ema_decay), mean=mean, std=std),
+        in_shardings=(state_shardings, batch_sh),
+        out_shardings=(state_shardings, sharding.replicated(mesh)),
+        donate_argnums=(0,),
+    )
+    evals = {
+        use_ema: jax.jit(
+            functools.partial(eval_step, graphdef=graphdef, use_ema=use_ema, mean=mean, std=std),
+            in_shardings=(state_shardings, batch_sh), out_shardings=batch_sh,
+        )
+        for use_ema in (False, True)
+    }
+    return train, evals
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def predict_split(eval_fn, state, mesh, files, preprocess, batch_size) -> dict[str, np.ndarray]:
+    """Scores every record of a split once (all processes take part); arrays in index order."""
+    indices, labels, scores = [], [], []
+    for host_batch in input_pipeline.eval_batches(
+        files, preprocess, batch_size,
+        process_index=jax.process_index(), process_count=jax.process_count(),
+    ):
+        batch = sharding.host_to_global(mesh, host_batch)
+        p = eval_fn(state, {"image": batch["image"], "label": batch["label"]})
+        gathered = multihost_utils.process_allgather(
+            {"p": p, "index": batch["index"], "label": batch["label"]}, tiled=True)
+        keep = np.asarray(gathered["index"]) >= 0
+        indices.append(np.asarray(gathered["index"])[keep])
+        labels.append(np.asarray(gathered["label"])[keep])
+        scores.append(np.asarray(gathered["p"], np.float64)[keep])
+    index = np.concatenate(indices)
+    order = np.argsort(index, kind="stable")
+    return {"index": index[order], "label": np.concatenate(labels)[order],
+            "p_fake": np.concatenate(scores)[order]}
+
+
+def write_predictions_csv(path: str, preds: dict[str, np.ndarray], meta: list[dict]) -> None:
+    import csv
+    import json
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["index", "path", "label", "p_fake", "meta"])
+        for i, label, p in zip(preds["index"], preds["label"], preds["p_fake"], strict=True):
+            m = meta[int(i)]
+            writer.writerow([int(i), m.get("path", ""), int(label), f"{p:.6f}",
+                             json.dumps(m.get("meta", {}), sort_keys=True)])
+
+
+def final_evaluation(config, workdir, state, mesh, evals, dataset_dir, preprocess) -> dict:
+    """EMA (or live) weights on validation -> threshold -> applied to test; JSON + PNGs."""
+    use_ema = bool(config.eval.use_ema)
+    results = {}
+    threshold = None
+    for split in (config.data.val_split, config.data.test_split):
+        if not split:
+            continue
+        files = records.split_files(dataset_dir, split)
+        preds = predict_split(evals[use_ema], state, mesh, files, preprocess,
+                              config.input.eval_batch_size)
+        if threshold is None:  # the first split (validation) picks the threshold
+            threshold = metrics.choose_threshold(preds["label"], preds["p_fake"],
+                                                 config.eval.threshold_method)
+        m = metrics.binary_metrics(preds["label"], preds["p_fake"], threshold)
+        m.update(split=split, threshold_from=config.data.val_split,
+                 threshold_method=config.eval.threshold_method, use_ema=use_ema,
+                 step=int(jax.device_get(state.step)))
+        results[split] = m
+        if jax.process_index() == 0:
+            out_dir = os.path.join(workdir, "eval", split)
+            metrics.write_json(m, os.path.join(out_dir, "metrics.json"))
+            metrics.save_plots(preds["label"], preds["p_fake"], m, out_dir, title=split)
+            write_predictions_csv(os.path.join(out_dir, "predictions.csv"), preds,
+                                  input_pipeline.read_metadata(files))
+    return results
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def total_train_steps(config, num_train_examples: int) -> int:
+    if config.get("num_train_steps"):
+        return int(config.num_train_steps)
+    steps_per_epoch = num_train_examples // config.input.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"batch size {config.input.batch_size} is larger than the "
+            f"{num_train_examples} training examples")
+    return int(math.ceil(config.num_epochs * steps_per_epoch))
+
+
+class _StopSignal:
+    """SIGTERM/SIGINT -> finish the current step, checkpoint, exit (preemption-safe)."""
+
+    def __init__(self):
+        self.received = None
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (e.g. some test runners): no handler
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        self.received = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Trains, checkpoints and evaluates; resumes from `workdir` if it holds a checkpoint.
+
+    Returns a summary dict (final step, last train metrics, final evaluation metrics).
+    """
+    workdir = os.path.abspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    if jax.process_index() == 0:
+        logging_utils.save_config(config, workdir)
+    dataset_dir = datasets.prepare(config, workdir)
+    mesh = sharding.make_mesh(config.get("mesh"))
+    sharding.global_batch_size_ok(mesh, config.input.batch_size)
+    sharding.global_batch_size_ok(mesh, config.input.eval_batch_size)
+
+    train_files = records.split_files(dataset_dir, config.data.train_split)
+    num_train = input_pipeline.num_records(train_files)
+    total_steps = total_train_steps(config, num_train)
+    tx, schedule = build_optimizer(config.optimizer, total_steps)
+    graphdef, state, state_shardings = create_train_state(config, mesh, tx)
+    train_fn, evals = make_steps(config, mesh, graphdef, tx, schedule, state_shardings)
+
+    preprocess = input_pipeline.Preprocess.from_config(config.input)
+    train_iter = input_pipeline.train_iterator(
+        train_files, preprocess, config.input.batch_size, seed=config.seed,
+        process_index=jax.process_index(), process_count=jax.process_count(),
+        num_workers=config.input.get("num_workers", 0),
+    )
+    ckpt = checkpointing.Checkpointer(
+        os.path.join(workdir, "checkpoints"), keep_best=config.checkpoint.keep_best,
+        best_metric="val_roc_auc", async_save=config.checkpoint.get("async_save", True))
+    start = ckpt.latest_step()
+    if start is not None:
+        logging.info("Resuming from checkpoint step %d in %s", start, ckpt.directory)
+        state, train_iter = ckpt.restore(start, abstract_state_like(state, state_shardings),
+                                         train_iter)
+    start = int(jax.device_get(state.step))
+
+    writer = logging_utils.MetricWriter(workdir, enabled=jax.process_index() == 0)
+    progress = logging_utils.Progress(total_steps, start, config.input.batch_size)
+    halt_at = (start + config.halt_after_steps) if config.get("halt_after_steps") else None
+    val_files = records.split_files(dataset_dir, config.data.val_split)
+    train_metrics: dict[str, float] = {}
+    step = start
+    logging.info("Training %s on %s: %d examples, %d steps of %d, mesh %s", config.model_name,
+                 dataset_dir, num_train, total_steps, config.input.batch_size, dict(mesh.shape))
+
+    with _StopSignal() as stop:
+        while step < total_steps:
+            batch = sharding.host_to_global(mesh, next(train_iter))
+            state, step_metrics = train_fn(state, batch)
+            step += 1
+            is_last = step == total_steps
+            if step % config.log_every_steps == 0 or is_last:
+                train_metrics = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+                writer.write(step, "train", train_metrics | progress.rates(step))
+                logging.info("%s", progress.line(step, train_metrics))
+            if step % config.eval_every_steps == 0 or is_last:
+                val = predict_split(evals[bool(config.eval.use_ema)], state, mesh, val_files,
+                                    preprocess, config.input.eval_batch_size)
+                val_m = metrics.binary_metrics(val["label"], val["p_fake"], 0.5)
+                summary = {f"val_{k}": val_m[k] for k in ("roc_auc", "accuracy", "log_loss")}
+                writer.write(step, "val", summary)
+                logging.info("step %d validation: %s", step, _fmt(summary))
+                ranked = summary if summary["val_roc_auc"] is not None else None
+                ckpt.save(step, state, train_iter, metrics=ranked)
+            elif step % config.checkpoint.every_steps == 0:
+                ckpt.save(step, state, train_iter)
+            if stop.received or (halt_at is not None and step >= halt_at and not is_last):
+                reason = stop.received or f"halt_after_steps={config.halt_after_steps}"
+                logging.warning("Stopping at step %d (%s); checkpoint saved, rerun to resume.",
+                                step, reason)
+                if ckpt.latest_step() != step:
+                    ckpt.save(step, state, train_iter)
+                ckpt.close()
+                writer.close()
+                return {"step": step, "train": train_metrics, "halted": reason}
+
+    best_step = ckpt.best_step()
+    ckpt.close()
+    results = final_evaluation(config, workdir, state, mesh, evals, dataset_dir, preprocess)
+    for split, m in results.items():
+        logging.info("final %s (threshold %.3f from %s): %s", split, m["threshold"],
+                     m["threshold_from"], _fmt({k: m[k] for k in (
+                         "roc_auc", "accuracy", "precision", "recall", "f1", "eer",
+                         "average_precision")}))
+        writer.write(step, f"final_{split}", {k: v for k, v in m.items()
+                                              if isinstance(v, (int, float))})
+    writer.close()
+    return {"step": step, "train": train_metrics, "eval": results,
+            "best_step": best_step}
+
+
+def _fmt(d: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in d.items())

@@ -1,0 +1,61 @@
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from deepfake_jax import metrics
+
+
+def test_eer_on_a_hand_checked_example():
+    # Scores sorted: reals 0.1 0.2 0.3 0.6, fakes 0.4 0.7 0.8 0.9. At a threshold in (0.4, 0.6]
+    # one real of four is above (FPR 0.25) and one fake of four below (FNR 0.25): EER = 0.25.
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    scores = np.array([0.1, 0.2, 0.3, 0.6, 0.4, 0.7, 0.8, 0.9])
+    eer, threshold = metrics.equal_error_rate(labels, scores)
+    assert eer == pytest.approx(0.25)
+    assert 0.4 <= threshold <= 0.7
+
+
+def test_eer_perfect_separation_is_zero():
+    labels = np.array([0, 0, 1, 1])
+    eer, threshold = metrics.equal_error_rate(labels, np.array([0.1, 0.2, 0.8, 0.9]))
+    assert eer == 0.0
+    assert 0.2 < threshold <= 0.8
+
+
+def test_binary_metrics_match_sklearn_and_threshold_is_applied():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 500)
+    scores = np.clip(labels * 0.3 + rng.normal(0.35, 0.2, 500), 0, 1)
+    m = metrics.binary_metrics(labels, scores, threshold=0.6)
+    preds = scores >= 0.6
+    assert m["roc_auc"] == pytest.approx(skm.roc_auc_score(labels, scores))
+    assert m["average_precision"] == pytest.approx(skm.average_precision_score(labels, scores))
+    assert m["accuracy"] == pytest.approx(np.mean(preds == labels))
+    tn, fp, fn, tp = skm.confusion_matrix(labels, preds).ravel()
+    assert m["confusion_matrix"] == [[tn, fp], [fn, tp]]
+    assert m["recall"] == pytest.approx(tp / (tp + fn))
+    assert m["precision"] == pytest.approx(tp / (tp + fp))
+
+
+def test_threshold_methods_and_one_class_split():
+    labels = np.array([0, 0, 1, 1])
+    scores = np.array([0.1, 0.45, 0.55, 0.9])
+    assert 0.45 <= metrics.choose_threshold(labels, scores, "eer") <= 0.55
+    assert metrics.choose_threshold(labels, scores, "max_f1") == pytest.approx(0.55)
+    assert metrics.choose_threshold(np.zeros(3), np.array([0.1, 0.2, 0.3])) == 0.5
+    with pytest.raises(ValueError, match="eer, max_f1 or fixed"):
+        metrics.choose_threshold(labels, scores, "best")
+    m = metrics.binary_metrics(np.zeros(3, int), np.array([0.1, 0.7, 0.2]), 0.5)
+    assert m["roc_auc"] is None and m["accuracy"] == pytest.approx(2 / 3)
+
+
+def test_plots_are_written(tmp_path):
+    labels = np.array([0, 0, 1, 1, 0, 1])
+    scores = np.array([0.1, 0.6, 0.7, 0.9, 0.3, 0.4])
+    m = metrics.binary_metrics(labels, scores, 0.5)
+    paths = metrics.save_plots(labels, scores, m, str(tmp_path))
+    assert sorted(p.rsplit("/", 1)[1] for p in paths) == ["confusion_matrix.png", "pr.png",
+                                                           "roc.png"]
+    for p in paths:
+        with open(p, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
