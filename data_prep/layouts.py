@@ -24,8 +24,8 @@ each class folder, sorted by relative path for determinism. Other files are retu
 `ParsedDataset.skipped` with reason "not an image extension".
 
 Seeded split: within each stratum, samples sorted by relative path are permuted with
-`numpy.random.default_rng(SeedSequence([seed, crc32(repr(stratum_key))]))`; the first round(n * valid)
-go to valid, the next round(n * test) to test, the rest to train.
+`numpy.random.default_rng(SeedSequence([seed, crc32(repr(stratum_key))]))`; the first
+round(n * valid) go to valid, the next round(n * test) to test, the rest to train.
 """
 
 from __future__ import annotations
@@ -164,7 +164,9 @@ def parse_split_ratios(value: str | Sequence[float]) -> tuple[float, float, floa
         try:
             parts = [float(v) for v in value.split(",") if v.strip()]
         except ValueError:
-            raise ValueError(f"--split-ratios must be numbers like 0.8,0.1,0.1, got {value!r}")
+            raise ValueError(
+                f"--split-ratios must be numbers like 0.8,0.1,0.1, got {value!r}"
+            ) from None
     else:
         parts = [float(v) for v in value]
     if len(parts) == 2:

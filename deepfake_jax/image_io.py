@@ -100,6 +100,11 @@ def decode_image_rgb(data: bytes, source: str = "<bytes>") -> np.ndarray:
     return _decode_with_pil(data, source)
 
 
+def _header_reason(data: bytes, e: Exception) -> str:
+    kind = "truncated" if "truncat" in str(e).lower() else "corrupt"
+    return f"{kind} {sniff_format(data) or 'image'} header ({type(e).__name__}: {e})"
+
+
 def _pil_open_and_load(data: bytes, source: str) -> Image.Image:
     try:
         im = Image.open(io.BytesIO(data))
@@ -109,7 +114,7 @@ def _pil_open_and_load(data: bytes, source: str) -> Image.Image:
             source, f"not a recognised image format ({len(data)} bytes, starts with {head!r})"
         ) from None
     except Exception as e:  # noqa: BLE001 - PIL raises many types for bad headers
-        raise ImageDecodeError(source, f"corrupt image header: {type(e).__name__}: {e}") from e
+        raise ImageDecodeError(source, _header_reason(data, e)) from e
     try:
         im.load()
     except Exception as e:  # noqa: BLE001
@@ -188,7 +193,7 @@ def probe_image(data: bytes, source: str = "<bytes>") -> dict[str, Any]:
             source, f"not a recognised image format ({len(data)} bytes, starts with {data[:16]!r})"
         ) from None
     except Exception as e:  # noqa: BLE001
-        raise ImageDecodeError(source, f"corrupt image header: {type(e).__name__}: {e}") from e
+        raise ImageDecodeError(source, _header_reason(data, e)) from e
     bit_depth = _png_bit_depth(data)
     if bit_depth is None:
         bit_depth = 16 if mode.startswith("I;16") else 8
