@@ -42,6 +42,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from deepfake_jax.models.layers import cpu_friendly_conv
+
 # torchvision: kaiming_normal_(mode="fan_out", nonlinearity="relu") for convs.
 _conv_init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
 
@@ -68,6 +70,7 @@ def _conv(cin, cout, k, stride, pad, *, rngs, dtype, param_dtype) -> nnx.Conv:
         padding=((pad, pad), (pad, pad)),
         use_bias=False,
         kernel_init=_conv_init,
+        conv_general_dilated=cpu_friendly_conv,
         dtype=dtype,
         param_dtype=param_dtype,
         rngs=rngs,

@@ -1,0 +1,51 @@
+"""Layers shared by the model families."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+# XLA:CPU picks a pathologically slow algorithm for convolutions whose output has only a few
+# spatial positions (ResNet's last stage on small images). Measured on a 2-core CPU, batch 64,
+# 3x3 conv 512->512 on a 2x2 map: 855 ms forward and 1731 ms for the gradients, vs 7 ms and
+# 23 ms as an explicit im2col + matmul. Above ~16 output positions lax's conv is as fast or
+# faster, so the matmul form is used only below that, and only on CPU.
+_MAX_POSITIONS_FOR_MATMUL = 16
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def cpu_friendly_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                      dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
+    """Drop-in for `lax.conv_general_dilated` (as `nnx.Conv(conv_general_dilated=...)`).
+
+    Same result (up to float rounding); computed as im2col + matmul for small NHWC outputs on
+    CPU, where XLA's own convolution is ~100x slower. Everything else goes to lax unchanged.
+    """
+    def fallback():
+        return lax.conv_general_dilated(
+            lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
+            rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+            feature_group_count=feature_group_count, precision=precision, **kwargs)
+
+    if (jax.default_backend() != "cpu" or lhs.ndim != 4 or isinstance(padding, str)
+            or feature_group_count != 1 or kwargs.get("batch_group_count", 1) != 1
+            or any(d != 1 for d in (lhs_dilation or ())) or any(d != 1 for d in (rhs_dilation or ()))
+            or lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+            != lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)):
+        return fallback()
+    kh, kw, cin, cout = rhs.shape
+    (pt, pb), (pl, pr) = padding
+    sh, sw = window_strides
+    h, w = lhs.shape[1] + pt + pb, lhs.shape[2] + pl + pr
+    oh, ow = (h - kh) // sh + 1, (w - kw) // sw + 1
+    if oh * ow > _MAX_POSITIONS_FOR_MATMUL:
+        return fallback()
+    x = jnp.pad(lhs, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    patches = jnp.concatenate(
+        [x[:, i : i + sh * (oh - 1) + 1 : sh, j : j + sw * (ow - 1) + 1 : sw, :]
+         for i in range(kh) for j in range(kw)],
+        axis=-1,
+    )  # (B, oh, ow, kh*kw*cin), ordered like rhs.reshape(kh*kw*cin, cout)
+    out = jnp.matmul(patches, rhs.reshape(kh * kw * cin, cout), precision=precision)
+    return out.astype(kwargs.get("preferred_element_type") or out.dtype)

@@ -1,0 +1,41 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from deepfake_jax.models.layers import cpu_friendly_conv
+
+
+def _lax(x, w, s, p):
+    return jax.lax.conv_general_dilated(x, w, (s, s), ((p, p), (p, p)),
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+@pytest.mark.parametrize("size,k,stride,pad", [
+    (2, 3, 1, 1),   # 4 output positions: matmul path
+    (4, 3, 2, 1),   # strided, 4 positions: matmul path
+    (3, 1, 1, 0),   # 1x1 conv
+    (5, 3, 2, 0),   # no padding, odd size
+    (9, 3, 1, 1),   # 81 positions: lax path
+])
+def test_matches_lax_conv_values_and_gradients(size, k, stride, pad):
+    kx, kw = jax.random.split(jax.random.key(0))
+    x = jax.random.normal(kx, (2, size, size, 5))
+    w = jax.random.normal(kw, (k, k, 5, 7))
+    dn = jax.lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
+    ours = lambda x, w: cpu_friendly_conv(x, w, (stride, stride), ((pad, pad), (pad, pad)),
+                                          dimension_numbers=dn)
+    np.testing.assert_allclose(ours(x, w), _lax(x, w, stride, pad), atol=1e-4)
+    g_ours = jax.grad(lambda x, w: jnp.sum(ours(x, w) ** 2), argnums=(0, 1))(x, w)
+    g_lax = jax.grad(lambda x, w: jnp.sum(_lax(x, w, stride, pad) ** 2), argnums=(0, 1))(x, w)
+    for a, b in zip(g_ours, g_lax, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-3, rtol=1e-4)
+
+
+def test_works_inside_nnx_conv_with_bias():
+    conv = nnx.Conv(4, 6, (3, 3), padding=((1, 1), (1, 1)), rngs=nnx.Rngs(0),
+                    conv_general_dilated=cpu_friendly_conv)
+    ref = nnx.Conv(4, 6, (3, 3), padding=((1, 1), (1, 1)), rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(1), (3, 2, 2, 4))
+    np.testing.assert_allclose(conv(x), ref(x), atol=1e-5)
