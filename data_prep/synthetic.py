@@ -37,6 +37,7 @@ CLI::
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import shutil
@@ -77,6 +78,8 @@ LAYOUT_IDS = {"140k": 0, "ciplab": 1}
 CIPLAB_LEVELS = ("easy", "mid", "hard")
 CIPLAB_PARTS = ("l_eye", "r_eye", "nose", "mouth")  # order of the 4 bits in CIPLab names
 JPEG_QUALITY_RANGE = (80, 97)  # inclusive; identical for every class
+TRACE_AMP_EASY = 0.6  # generator-trace amplitude at difficulty 0 ...
+TRACE_AMP_HARD = 0.05  # ... and at difficulty 1 (geometric interpolation between)
 
 _SS = 2  # supersampling factor of the renderer
 _SHIFT = 4  # sub-pixel bits for cv2 drawing
@@ -151,13 +154,38 @@ def _col(c) -> tuple[float, float, float]:
     return (float(c[0]), float(c[1]), float(c[2]))
 
 
-def _paste(canvas: np.ndarray, mask: np.ndarray, layer: np.ndarray) -> None:
-    np.copyto(canvas, layer, where=mask.astype(bool)[..., None])
+def _paste(canvas: np.ndarray, mask: np.ndarray, layer, lab=None, cls: int = 0) -> None:
+    """Copy ``layer`` into ``canvas`` where ``mask`` (uint8 0/1) is set, only inside the mask's
+    bounding box. ``layer`` is an array (canvas-sized, or a colour) or ``f(rows, cols)`` that
+    returns the layer for that box. Optionally also writes ``cls`` into ``lab``."""
+    x, y, w, h = cv2.boundingRect(mask)
+    if w == 0 or h == 0:
+        return
+    rs, cs = slice(y, y + h), slice(x, x + w)
+    m = mask[rs, cs]
+    if callable(layer):
+        layer = layer(rs, cs)
+    elif layer.ndim == 3:
+        layer = layer[rs, cs]
+    else:
+        layer = np.broadcast_to(layer.astype(np.float32), (h, w, 3))
+    cv2.copyTo(np.ascontiguousarray(layer, np.float32), m, canvas[rs, cs])
+    if lab is not None:
+        lab[rs, cs][m.view(bool)] = cls
 
 
-def _texture(rng, n: int, cells: int, amp: float) -> np.ndarray:
-    """Smooth random field in [-amp, amp] (n x n float32)."""
-    small = rng.uniform(-amp, amp, (cells, cells)).astype(np.float32)
+@functools.lru_cache(maxsize=8)
+def _grid(n: int) -> tuple[np.ndarray, np.ndarray]:
+    yy, xx = np.mgrid[0:n, 0:n].astype(np.float32)
+    yy.setflags(write=False)
+    xx.setflags(write=False)
+    return yy, xx
+
+
+def _textures(rng, n: int, cells: int, amps) -> np.ndarray:
+    """Smooth random fields, channel k in about [-amps[k], amps[k]] ((n, n, len(amps)) float32)."""
+    amps = np.asarray(amps, np.float32)
+    small = rng.uniform(-1.0, 1.0, (cells, cells, len(amps))).astype(np.float32) * amps
     return cv2.resize(small, (n, n), interpolation=cv2.INTER_CUBIC)
 
 
@@ -192,7 +220,7 @@ def render_face(rng: np.random.Generator, image_size: int) -> tuple[np.ndarray, 
 def _render(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray, dict]:
     W = size * _SS
     f32 = np.float32
-    yy, xx = np.mgrid[0:W, 0:W].astype(f32)
+    yy, xx = _grid(W)
 
     # ---------------- pose / geometry ----------------
     fw = W * rng.uniform(0.19, 0.25)  # half face width
@@ -211,7 +239,9 @@ def _render(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray
     skin = np.clip(skin + rng.normal(0, 6, 3), 0, 255).astype(f32)
     hair_c = _pick(rng, _HAIR, _HAIR_P, 8.0)
     brow_c = _mix(hair_c, skin * 0.35, rng.uniform(0.0, 0.4))
-    lip_c = np.clip(_mix(skin, [178, 74, 84], rng.uniform(0.3, 0.6)) * rng.uniform(0.8, 1.0), 0, 255)
+    lip_c = np.clip(
+        _mix(skin, [178, 74, 84], rng.uniform(0.3, 0.6)) * rng.uniform(0.8, 1.0), 0, 255
+    )
     iris_c = _pick(rng, _IRIS, _IRIS_P, 10.0)
     white_c = np.clip(np.array([236, 232, 226], f32) * rng.uniform(0.85, 1.0), 0, 255)
     cloth_c = rng.uniform(15, 235, 3).astype(f32)
@@ -222,21 +252,29 @@ def _render(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray
     th = rng.uniform(0, 2 * np.pi)
     g = ((xx - W / 2) * math.cos(th) + (yy - W / 2) * math.sin(th)) / W + 0.5
     canvas = c1 + (c2 - c1) * np.clip(g, 0, 1)[..., None]
-    tex = _texture(rng, W, 4, rng.uniform(5, 25))
-    canvas += tex[..., None]
+    tex = _textures(rng, W, 5, (rng.uniform(5, 25), 0.15, 0.12, 0.04))  # bg, hair, cloth, face
+    canvas += tex[..., :1]
     if rng.random() < 0.5:  # out-of-focus blobs
         blobs = np.zeros((W, W, 3), f32)
         for _ in range(rng.integers(2, 6)):
-            _ell(blobs, rng.uniform(0, W, 2), (W * rng.uniform(0.05, 0.15),) * 2, 0,
-                 _col(rng.normal(0, 40, 3)))
+            _ell(
+                blobs,
+                rng.uniform(0, W, 2),
+                (W * rng.uniform(0.05, 0.15),) * 2,
+                0,
+                _col(rng.normal(0, 40, 3)),
+            )
         canvas += cv2.GaussianBlur(blobs, (0, 0), W * 0.03)
     lab = np.zeros((W, W), np.uint8)
 
     # hair texture (vertical strands + low frequency variation)
-    hnoise = rng.standard_normal((W, W), dtype=f32)
-    strands = cv2.blur(hnoise, (1, max(3, W // 10)))
-    htex = 1.0 + 0.22 * strands + _texture(rng, W, 5, 0.15)
-    hair_layer = np.clip(hair_c + 12.0, 0, 255) * htex[..., None]
+    hnoise = rng.standard_normal((max(4, W // 12), W), dtype=f32) * 0.35
+    strands = cv2.resize(hnoise, (W, W), interpolation=cv2.INTER_LINEAR)
+    htex = 1.0 + 0.22 * strands + tex[..., 1]
+    hair_base = np.clip(hair_c + 12.0, 0, 255)
+
+    def hair_layer(r, c, k=1.0):
+        return (hair_base * k) * htex[r, c, None]
 
     # ---------------- hair behind head ----------------
     hair_style = rng.choice(4, p=[0.08, 0.37, 0.3, 0.25])  # 0 bald/shaved, 1 short, 2 med, 3 long
@@ -248,55 +286,92 @@ def _render(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray
         if hair_style == 3:
             bottom = cy + fh * rng.uniform(1.0, 1.8)
             hw = haxes[0] * rng.uniform(0.92, 1.05)
-            _poly(back, [(cx - hw, hcy), (cx + hw, hcy), (cx + hw * 1.05, bottom),
-                         (cx - hw * 1.05, bottom)], 1)
+            _poly(
+                back,
+                [
+                    (cx - hw, hcy),
+                    (cx + hw, hcy),
+                    (cx + hw * 1.05, bottom),
+                    (cx - hw * 1.05, bottom),
+                ],
+                1,
+            )
         else:
-            _poly(back, [(cx - haxes[0], hcy), (cx + haxes[0], hcy),
-                         (cx + haxes[0] * 0.9, cy + fh * 0.45),
-                         (cx - haxes[0] * 0.9, cy + fh * 0.45)], 1)
-        _paste(canvas, back, hair_layer * 0.8)
-        lab[back > 0] = _C["hair"]
+            _poly(
+                back,
+                [
+                    (cx - haxes[0], hcy),
+                    (cx + haxes[0], hcy),
+                    (cx + haxes[0] * 0.9, cy + fh * 0.45),
+                    (cx - haxes[0] * 0.9, cy + fh * 0.45),
+                ],
+                1,
+            )
+        _paste(canvas, back, lambda r, c: hair_layer(r, c, 0.8), lab, _C["hair"])
 
     # ---------------- skin layer with lighting ----------------
     la = rng.uniform(0, 2 * np.pi)
     ls = rng.uniform(0.08, 0.3)
-    light = 1.0 + ls * np.clip(((xx - cx) * math.cos(la) + (yy - cy) * math.sin(la)) / (1.3 * fw),
-                               -1.5, 1.5)
-    skin_layer = skin * light[..., None]
+    light = 1.0 + ls * np.clip(
+        ((xx - cx) * math.cos(la) + (yy - cy) * math.sin(la)) / (1.3 * fw), -1.5, 1.5
+    )
+
+    def skin_layer(r, c):
+        return skin * light[r, c, None]
 
     # ---------------- neck + clothes ----------------
     nw = fw * rng.uniform(0.45, 0.6)
     ntop = cy + fh * 0.35
     neck = np.zeros((W, W), np.uint8)
-    _poly(neck, [(cx - nw, ntop), (cx + nw, ntop), (cx + nw * 1.15, W + 2), (cx - nw * 1.15, W + 2)],
-          1)
-    chin_shadow = np.clip((yy - (cy + fh * 0.85)) / (0.35 * fh), 0, 1)
-    neck_layer = skin_layer * (0.62 + 0.22 * chin_shadow)[..., None]
-    _paste(canvas, neck, neck_layer)
-    lab[neck > 0] = _C["neck"]
+    _poly(
+        neck,
+        [(cx - nw, ntop), (cx + nw, ntop), (cx + nw * 1.15, W + 2), (cx - nw * 1.15, W + 2)],
+        1,
+    )
+
+    def neck_layer(r, c):
+        chin_shadow = np.clip((yy[r, c] - (cy + fh * 0.85)) / (0.35 * fh), 0, 1)
+        return skin_layer(r, c) * (0.62 + 0.22 * chin_shadow)[..., None]
+
+    _paste(canvas, neck, neck_layer, lab, _C["neck"])
 
     cloth = np.zeros((W, W), np.uint8)
     sh_y = cy + fh * rng.uniform(1.15, 1.45)
-    _ell(cloth, (cx + rng.normal(0, 0.02 * W), sh_y + W * 0.45), (W * rng.uniform(0.42, 0.62),
-         W * 0.5), 0, 1)
+    _ell(
+        cloth,
+        (cx + rng.normal(0, 0.02 * W), sh_y + W * 0.5),
+        (W * rng.uniform(0.42, 0.62), W * 0.5),
+        0,
+        1,
+    )
     if rng.random() < 0.6:  # neckline
         nl = np.zeros((W, W), np.uint8)
         if rng.random() < 0.5:
-            _poly(nl, [(cx - nw * 1.3, sh_y - 1), (cx + nw * 1.3, sh_y - 1),
-                       (cx, sh_y + fh * rng.uniform(0.2, 0.6))], 1)
+            _poly(
+                nl,
+                [
+                    (cx - nw * 1.3, sh_y - 1),
+                    (cx + nw * 1.3, sh_y - 1),
+                    (cx, sh_y + fh * rng.uniform(0.2, 0.6)),
+                ],
+                1,
+            )
         else:
             _ell(nl, (cx, sh_y), (nw * 1.25, fh * rng.uniform(0.1, 0.3)), 0, 1)
         cloth[nl > 0] = 0
-    ctex = 1.0 + _texture(rng, W, 6, 0.12)
-    cloth_layer = cloth_c * (ctex * (0.75 + 0.25 * light))[..., None]
-    _paste(canvas, cloth, cloth_layer)
-    lab[cloth > 0] = _C["cloth"]
+    ctex = 1.0 + tex[..., 2]
+    _paste(
+        canvas,
+        cloth,
+        lambda r, c: cloth_c * (ctex[r, c] * (0.75 + 0.25 * light[r, c]))[..., None],
+        lab,
+        _C["cloth"],
+    )
     if hair_style == 3:  # long hair falls over the shoulders, beside the neck
         front = back.copy()
-        front[:, int(cx - nw * 1.2): int(cx + nw * 1.2) + 1] = 0
+        front[:, int(cx - nw * 1.2) : int(cx + nw * 1.2) + 1] = 0
         front[: int(cy + fh * 0.3)] = 0
-        _paste(canvas, front, hair_layer * 0.9)
-        lab[front > 0] = _C["hair"]
+        _paste(canvas, front, lambda r, c: hair_layer(r, c, 0.9), lab, _C["hair"])
 
     # ---------------- ears ----------------
     ear_y = cy - fh * rng.uniform(0.0, 0.12)
@@ -308,14 +383,18 @@ def _render(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray
         e = np.zeros((W, W), np.uint8)
         _ell(e, (ex, ear_y), (ear_a[0] * sc, ear_a[1]), side * 12, 1)
         ears |= e
-        lab[e > 0] = _C[cls]
-    ear_layer = skin_layer * 0.88
-    _paste(canvas, ears, ear_layer)
+        lab[e.view(bool)] = _C[cls]
+    _paste(canvas, ears, lambda r, c: skin_layer(r, c) * 0.88)
     for side in (1, -1):
         sc = 1.0 - side * yaw * 2.0
         ex = cx + side * fw * (1.0 - 0.05 * side * yaw)
-        _ell(canvas, (ex, ear_y), (ear_a[0] * sc * 0.45, ear_a[1] * 0.6), side * 12,
-             _col(skin * 0.62 * light[int(np.clip(ear_y, 0, W - 1)), int(np.clip(ex, 0, W - 1))]))
+        _ell(
+            canvas,
+            (ex, ear_y),
+            (ear_a[0] * sc * 0.45, ear_a[1] * 0.6),
+            side * 12,
+            _col(skin * 0.62 * light[int(np.clip(ear_y, 0, W - 1)), int(np.clip(ex, 0, W - 1))]),
+        )
 
     # ---------------- face ----------------
     n_pts = 72
@@ -342,36 +421,58 @@ def _render(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray
     for side in (1, -1):
         _ell(shade, (fx + side * eo, ey - eh * 0.5), (ew * 1.35, eh * 2.2), 0, float(sd))
     lside = 1 if math.cos(la) < 0 else -1  # nose side facing away from the light is darker
-    _ell(shade, (fx + lside * nws * 0.7, (ey + ny) / 2), (nws * 0.45, (ny - ey) * 0.55), 0,
-         float(sd - 0.05))
+    _ell(
+        shade,
+        (fx + lside * nws * 0.7, (ey + ny) / 2),
+        (nws * 0.45, (ny - ey) * 0.55),
+        0,
+        float(sd - 0.05),
+    )
     _ell(shade, (fx, ny + fh * 0.05), (nws * 1.2, fh * 0.035), 0, float(sd))
     _ell(shade, (fx, my + lh + fh * 0.04), (mw * 0.6, fh * 0.03), 0, float(0.5 + sd / 2))
     _ell(shade, (fx, ny - fh * 0.03), (nws * 0.4, fh * 0.05), 0, 1.1)  # nose tip highlight
     _ell(shade, (fx, (ey + ny) / 2), (nws * 0.18, (ny - ey) * 0.4), 0, 1.06)  # bridge
     for side in (1, -1):  # cheeks
-        _ell(shade, (fx + side * fw * 0.5, ny + fh * 0.05), (fw * 0.22, fh * 0.16), 0,
-             float(rng.uniform(0.98, 1.06)))
+        _ell(
+            shade,
+            (fx + side * fw * 0.5, ny + fh * 0.05),
+            (fw * 0.22, fh * 0.16),
+            0,
+            float(rng.uniform(0.98, 1.06)),
+        )
     shade = cv2.GaussianBlur(shade, (0, 0), fw * 0.07)
-    rim = cv2.GaussianBlur(face.astype(f32), (0, 0), fw * 0.22)
-    face_tex = _texture(rng, W, 8, 0.04) + rng.standard_normal((W, W), dtype=f32) * 0.012
-    face_layer = skin_layer * (shade * (0.72 + 0.28 * rim) * (1.0 + face_tex))[..., None]
-    _paste(canvas, face, face_layer)
-    lab[face > 0] = _C["skin"]
+
+    def face_layer(r, c):  # rim darkening towards the face outline
+        rad = np.sqrt(((xx[r, c] - cx) / fw) ** 2 + ((yy[r, c] - cy) / fh) ** 2)
+        rim = np.clip(0.5 + 1.2 * (1.0 - rad), 0.0, 1.0)
+        fmul = shade[r, c] * (0.72 + 0.28 * rim) * (1.0 + tex[r, c, 3])
+        return skin_layer(r, c) * fmul[..., None]
+
+    _paste(canvas, face, face_layer, lab, _C["skin"])
 
     # ---------------- hair on top ----------------
     if hair_style >= 1:
         cap = np.zeros((W, W), np.uint8)
-        _ell(cap, (cx, hcy if hair_style >= 2 else cy - fh * 0.05),
-             (fw * rng.uniform(1.04, 1.12), fh * rng.uniform(1.02, 1.1)), 0, 1)
+        _ell(
+            cap,
+            (cx, hcy if hair_style >= 2 else cy - fh * 0.05),
+            (fw * rng.uniform(1.04, 1.12), fh * rng.uniform(1.02, 1.1)),
+            0,
+            1,
+        )
         hairline = rng.uniform(0.38, 0.68) if rng.random() < 0.8 else rng.uniform(0.25, 0.4)
         cut = np.zeros((W, W), np.uint8)
         tilt = rng.normal(0, 8)
-        _ell(cut, (cx + rng.normal(0, 0.08) * fw, cy + fh * (1.0 - hairline)),
-             (fw * rng.uniform(0.86, 0.96), fh), tilt, 1)
+        _ell(
+            cut,
+            (cx + rng.normal(0, 0.08) * fw, cy + fh * (1.0 - hairline)),
+            (fw * rng.uniform(0.86, 0.96), fh),
+            tilt,
+            1,
+        )
         cap[cut > 0] = 0
-        cap[int(cy + fh * rng.uniform(-0.05, 0.2)):] = 0
-        _paste(canvas, cap, hair_layer)
-        lab[cap > 0] = _C["hair"]
+        cap[int(cy + fh * rng.uniform(-0.05, 0.2)) :] = 0
+        _paste(canvas, cap, hair_layer, lab, _C["hair"])
 
     # ---------------- eyebrows ----------------
     by = ey - eh - fh * rng.uniform(0.08, 0.15)
@@ -381,15 +482,15 @@ def _render(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray
     for side, cls in ((1, "l_brow"), (-1, "r_brow")):
         bx = fx + side * eo * rng.uniform(1.0, 1.1)
         u = np.linspace(-1, 1, 9)
-        pts_top = np.stack([bx + side * u * bw, by - bw * arch * (1 - u**2) - bth * 0.5
-                            + side * u * bw * 0.08], 1)
+        pts_top = np.stack(
+            [bx + side * u * bw, by - bw * arch * (1 - u**2) - bth * 0.5 + side * u * bw * 0.08], 1
+        )
         thick = bth * (1.0 - 0.45 * (side * u + 1) / 2)  # thinner towards the outside
         pts_bot = pts_top + np.stack([np.zeros_like(u), thick * 2], 1)
         poly = np.concatenate([pts_top, pts_bot[::-1]], 0)
         m = np.zeros((W, W), np.uint8)
         _poly(m, poly, 1)
-        _paste(canvas, m, brow_c * (1.0 + 0.2 * strands[..., None]))
-        lab[m > 0] = _C[cls]
+        _paste(canvas, m, lambda r, c: brow_c * (1.0 + 0.2 * strands[r, c, None]), lab, _C[cls])
 
     # ---------------- eyes ----------------
     ir = eh * rng.uniform(0.85, 1.1)
@@ -416,27 +517,51 @@ def _render(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray
         _ell(eye, ic, (ir, ir), 0, _col(iris_c))
         _ell(eye, ic, (ir, ir), 0, _col(iris_c * 0.6), max(1, int(ir * 0.15)))
         _ell(eye, ic, (ir * 0.42, ir * 0.42), 0, (12.0, 10.0, 10.0))
-        _ell(eye, (ic[0] + ir * 0.3, ic[1] - ir * 0.3), (ir * 0.16, ir * 0.16), 0,
-             (245.0, 245.0, 245.0))
-        _paste(roi, m, eye)
-        lab[y0:y1, x0:x1][m > 0] = _C[cls]
+        _ell(
+            eye,
+            (ic[0] + ir * 0.3, ic[1] - ir * 0.3),
+            (ir * 0.16, ir * 0.16),
+            0,
+            (245.0, 245.0, 245.0),
+        )
+        _paste(roi, m, eye, lab[y0:y1, x0:x1], _C[cls])
         _polyline(roi, upper, _col(lid), max(1.0, eh * 0.28))
         crease = upper + np.array([0.0, -eh * 0.55])
         _polyline(roi, crease[2:-2], _col(skin * 0.7 * sd), max(1.0, eh * 0.12))
 
     # ---------------- nose ----------------
     nose = np.zeros((W, W), np.uint8)
-    _poly(nose, [(fx - nws * 0.35, ey + eh * 0.3), (fx + nws * 0.35, ey + eh * 0.3),
-                 (fx + nws * 1.05, ny + fh * 0.02), (fx, ny + fh * 0.05),
-                 (fx - nws * 1.05, ny + fh * 0.02)], 1)
-    lab[nose > 0] = _C["nose"]
+    _poly(
+        nose,
+        [
+            (fx - nws * 0.35, ey + eh * 0.3),
+            (fx + nws * 0.35, ey + eh * 0.3),
+            (fx + nws * 1.05, ny + fh * 0.02),
+            (fx, ny + fh * 0.05),
+            (fx - nws * 1.05, ny + fh * 0.02),
+        ],
+        1,
+    )
+    lab[nose.view(bool)] = _C["nose"]
     nost = skin * 0.45 * sd
     for side in (1, -1):
-        _ell(canvas, (fx + side * nws * 0.45, ny + fh * 0.005), (nws * 0.28, nws * 0.13),
-             side * 20, _col(nost))
-        _ell(canvas, (fx + side * nws * 0.75, ny - fh * 0.02), (nws * 0.3, fh * 0.05), 0,
-             _col(skin * 0.75 * sd), max(1, int(fw * 0.02)), 200 if side < 0 else -20,
-             340 if side < 0 else 120)
+        _ell(
+            canvas,
+            (fx + side * nws * 0.45, ny + fh * 0.005),
+            (nws * 0.28, nws * 0.13),
+            side * 20,
+            _col(nost),
+        )
+        _ell(
+            canvas,
+            (fx + side * nws * 0.75, ny - fh * 0.02),
+            (nws * 0.3, fh * 0.05),
+            0,
+            _col(skin * 0.75 * sd),
+            max(1, int(fw * 0.02)),
+            200 if side < 0 else -20,
+            340 if side < 0 else 120,
+        )
 
     # ---------------- mouth / lips ----------------
     smile = rng.normal(0.0, 0.25) * uh
@@ -452,20 +577,20 @@ def _render(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray
     _poly(m_up, np.concatenate([upper, mid_line[::-1]], 0), 1)
     m_lo = np.zeros((W, W), np.uint8)
     _poly(m_lo, np.concatenate([lower_top, lower[::-1]], 0), 1)
-    lip_layer = lip_c * (light * (1.0 + 0.05 * strands))[..., None]
-    _paste(canvas, m_up, lip_layer * 0.82)
-    _paste(canvas, m_lo, lip_layer)
-    lab[m_up > 0] = _C["u_lip"]
-    lab[m_lo > 0] = _C["l_lip"]
+
+    def lip_layer(r, c, k=1.0):
+        return (lip_c * k) * (light[r, c] * (1.0 + 0.05 * strands[r, c]))[..., None]
+
+    _paste(canvas, m_up, lambda r, c: lip_layer(r, c, 0.82), lab, _C["u_lip"])
+    _paste(canvas, m_lo, lip_layer, lab, _C["l_lip"])
     _ell(canvas, (fx, my + lh * 0.45 + gap), (mw * 0.35, lh * 0.18), 0, _col(lip_c * 1.12))
     if open_mouth:
         mo = np.zeros((W, W), np.uint8)
         _poly(mo, np.concatenate([mid_line, lower_top[::-1]], 0), 1)
-        inner = np.zeros((W, W, 3), f32)
+        inner = canvas.copy()
         inner[:] = (40.0, 14.0, 18.0)
         _ell(inner, (fx, my + gap * 0.05), (mw * 0.55, gap * 0.5), 0, (225.0, 220.0, 205.0))
-        _paste(canvas, mo, inner)
-        lab[mo > 0] = _C["mouth"]
+        _paste(canvas, mo, inner, lab, _C["mouth"])
     else:
         _polyline(canvas, mid_line, _col(lip_c * 0.45), max(1.0, fh * 0.012))
 
@@ -486,29 +611,39 @@ def _render(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray
                 lm = lens.astype(bool)
                 canvas[lm] = canvas[lm] * 0.55 + np.float32(15)
             _ell(gm, (gx, ey), (gw, gh), 0, 1, gth)
-            _polyline(gm, [(gx + side * gw, ey - gh * 0.3), (cx + side * fw * 1.0, ear_y)], 1,
-                      gth)
-        _polyline(gm, [(fx - eo + gw, ey - gh * 0.2), (fx, ey - gh * 0.45),
-                       (fx + eo - gw, ey - gh * 0.2)], 1, gth)
-        canvas[gm > 0] = gc
-        lab[gm > 0] = _C["eye_g"]
+            _polyline(gm, [(gx + side * gw, ey - gh * 0.3), (cx + side * fw * 1.0, ear_y)], 1, gth)
+        _polyline(
+            gm,
+            [(fx - eo + gw, ey - gh * 0.2), (fx, ey - gh * 0.45), (fx + eo - gw, ey - gh * 0.2)],
+            1,
+            gth,
+        )
+        _paste(canvas, gm, np.array(gc, f32), lab, _C["eye_g"])
 
     # ---------------- pose warp + downsample ----------------
     M = cv2.getRotationMatrix2D((cx, cy), angle, 1.0)
-    canvas = cv2.warpAffine(canvas, M, (W, W), flags=cv2.INTER_LINEAR,
-                            borderMode=cv2.BORDER_REFLECT_101)
-    lab = cv2.warpAffine(lab, M, (W, W), flags=cv2.INTER_NEAREST,
-                         borderMode=cv2.BORDER_REFLECT_101)
+    canvas = cv2.warpAffine(
+        canvas, M, (W, W), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101
+    )
+    lab = cv2.warpAffine(lab, M, (W, W), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_REFLECT_101)
     img = cv2.resize(canvas, (size, size), interpolation=cv2.INTER_AREA)
     img = np.clip(img + 0.5, 0, 255).astype(np.uint8)
     lab = cv2.resize(lab, (size, size), interpolation=cv2.INTER_NEAREST)
 
     def box(x0, y0, x1, y1):
         pts = np.array([[x0, y0, 1], [x1, y0, 1], [x0, y1, 1], [x1, y1, 1]], np.float64) @ M.T
-        b = [pts[:, 0].min() / _SS, pts[:, 1].min() / _SS, pts[:, 0].max() / _SS,
-             pts[:, 1].max() / _SS]
-        return (int(np.clip(math.floor(b[0]), 0, size)), int(np.clip(math.floor(b[1]), 0, size)),
-                int(np.clip(math.ceil(b[2]), 0, size)), int(np.clip(math.ceil(b[3]), 0, size)))
+        b = [
+            pts[:, 0].min() / _SS,
+            pts[:, 1].min() / _SS,
+            pts[:, 0].max() / _SS,
+            pts[:, 1].max() / _SS,
+        ]
+        return (
+            min(max(math.floor(b[0]), 0), size),
+            min(max(math.floor(b[1]), 0), size),
+            min(max(math.ceil(b[2]), 0), size),
+            min(max(math.ceil(b[3]), 0), size),
+        )
 
     def pt(x, y):
         p = M @ np.array([x, y, 1.0])
@@ -522,12 +657,22 @@ def _render(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray
         "r_brow": box(fx - eo * 1.1 - bw, by - bw * arch - bth, fx - eo + bw, by + bth * 1.5),
         "nose": box(fx - nws * 1.05, ey + eh * 0.3, fx + nws * 1.05, ny + fh * 0.05),
         "mouth": box(fx - mw, my - abs(smile) - uh, fx + mw, my + abs(smile) + gap + lh),
-        "l_ear": box(cx + fw * 0.96 - ear_a[0], ear_y - ear_a[1], cx + fw * 0.96 + ear_a[0],
-                     ear_y + ear_a[1]),
-        "r_ear": box(cx - fw * 0.96 - ear_a[0], ear_y - ear_a[1], cx - fw * 0.96 + ear_a[0],
-                     ear_y + ear_a[1]),
-        "landmarks": np.array([pt(fx + eo, ey), pt(fx - eo, ey), pt(fx, ny - fh * 0.02),
-                               pt(fx - mw, my - smile), pt(fx + mw, my - smile)], np.float32),
+        "l_ear": box(
+            cx + fw * 0.96 - ear_a[0], ear_y - ear_a[1], cx + fw * 0.96 + ear_a[0], ear_y + ear_a[1]
+        ),
+        "r_ear": box(
+            cx - fw * 0.96 - ear_a[0], ear_y - ear_a[1], cx - fw * 0.96 + ear_a[0], ear_y + ear_a[1]
+        ),
+        "landmarks": np.array(
+            [
+                pt(fx + eo, ey),
+                pt(fx - eo, ey),
+                pt(fx, ny - fh * 0.02),
+                pt(fx - mw, my - smile),
+                pt(fx + mw, my - smile),
+            ],
+            np.float32,
+        ),
         "angle": angle,
         "glasses": bool(glasses),
     }
@@ -567,23 +712,28 @@ def _tconv2(x: np.ndarray, k: np.ndarray) -> np.ndarray:
 
 
 def _random_kernel(rng: np.random.Generator, base: np.ndarray, amp: float) -> np.ndarray:
-    k = base * (1.0 + amp * rng.standard_normal(base.shape).astype(np.float32))
-    k += amp * 0.1 * base.sum() * rng.standard_normal(base.shape).astype(np.float32) / base.size
-    return (k * (base.sum() / k.sum())).astype(np.float32)
+    """``base`` + zero-sum noise of relative size ``amp`` per tap (DC gain kept)."""
+    noise = rng.standard_normal(base.shape).astype(np.float32) * (amp * float(base.mean()))
+    return (base + noise - noise.mean()).astype(np.float32)
 
 
 def _generator_trace(rng: np.random.Generator, clean: np.ndarray, difficulty: float) -> np.ndarray:
-    """Simulated generator decoder. Returns a float32 image (before camera noise)."""
-    S = clean.shape[0]
+    """Simulated generator decoder. Returns a float32 image (before camera noise).
+
+    The face is reduced by ``f`` (2 or 4) and upsampled with random stride-2 transposed
+    convolutions (or nearest upsampling + a random 3x3 conv); a small fixed periodic pattern
+    (the "bias fingerprint" of the upsampling layers) is added. The output is
+    ``(1 - w) * clean + w * smooth_upsampled + amp(difficulty) * trace``.
+    """
+    S0 = clean.shape[0]
     x = clean.astype(np.float32)
-    f = 4 if (S >= 64 and rng.random() < 0.3) else 2
-    if S % f:
-        f = 2 if S % 2 == 0 else 1
-    if f == 1:
-        return x
+    f = 4 if rng.random() < 0.3 else 2
+    S = -(-S0 // f) * f  # pad odd sizes to a multiple of f, crop at the end
+    if S != S0:
+        x = cv2.copyMakeBorder(x, 0, S - S0, 0, S - S0, cv2.BORDER_REFLECT_101)
     low = cv2.resize(x, (S // f, S // f), interpolation=cv2.INTER_AREA)
     ref = cv2.resize(low, (S, S), interpolation=cv2.INTER_LINEAR)
-    kamp = rng.uniform(0.25, 0.45)
+    kamp = rng.uniform(0.02, 0.06)
     if rng.random() < 0.65:  # transposed convolutions
         up = low
         up_ref = low
@@ -594,16 +744,23 @@ def _generator_trace(rng: np.random.Generator, clean: np.ndarray, difficulty: fl
         resid = up - up_ref
     else:  # nearest upsampling + random 3x3 conv
         near = cv2.resize(low, (S, S), interpolation=cv2.INTER_NEAREST)
-        k = _random_kernel(rng, _SMOOTH3, kamp)
-        up = cv2.filter2D(near, -1, k, borderType=cv2.BORDER_REFLECT_101)
-        resid = up - cv2.filter2D(near, -1, _SMOOTH3, borderType=cv2.BORDER_REFLECT_101)
-        resid += 0.5 * (cv2.filter2D(near, -1, _SMOOTH3, borderType=cv2.BORDER_REFLECT_101) - ref)
-    w = rng.uniform(0.15, 0.6) if f == 2 else rng.uniform(0.05, 0.35)
+        smooth = cv2.filter2D(near, -1, _SMOOTH3, borderType=cv2.BORDER_REFLECT_101)
+        k = _random_kernel(rng, _SMOOTH3, kamp * 3.0)
+        resid = cv2.filter2D(near, -1, k, borderType=cv2.BORDER_REFLECT_101) - smooth
+        resid += 0.5 * (smooth - ref)
+    # additive periodic fingerprint of the upsampling stack (period 4, Nyquist damped)
+    pat = rng.normal(0.0, 1.0, (4, 4, 1)) + rng.normal(0.0, 0.3, (4, 4, 3))
+    pat = (pat + 0.5 * (np.roll(pat, 1, 0) + np.roll(pat, -1, 0))) / 2.0
+    pat = (pat + 0.5 * (np.roll(pat, 1, 1) + np.roll(pat, -1, 1))) / 2.0
+    pat = pat - pat.mean(axis=(0, 1), keepdims=True)
+    pat *= rng.uniform(1.0, 2.5) / (pat.std() + 1e-6)
+    resid += np.tile(pat.astype(np.float32), (-(-S // 4), -(-S // 4), 1))[:S, :S]
+    w = rng.uniform(0.3, 1.0) if f == 2 else rng.uniform(0.15, 0.6)
     d = float(np.clip(difficulty, 0.0, 1.0))
-    amp = 1.6 * (1.0 - d) ** 1.5 + 0.12 * d
+    amp = TRACE_AMP_EASY ** (1.0 - d) * TRACE_AMP_HARD**d
     out = (1.0 - w) * x + w * ref + amp * resid
     out *= rng.normal(1.0, 0.01, 3).astype(np.float32)  # slight tone shift of the generator
-    return out
+    return np.ascontiguousarray(out[:S0, :S0])
 
 
 def make_real(rng: np.random.Generator, image_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -629,8 +786,9 @@ def jpeg_quality(rng: np.random.Generator) -> int:
 
 
 def encode_jpeg(rgb: np.ndarray, quality: int) -> bytes:
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
-                           [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    ok, buf = cv2.imencode(
+        ".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, int(quality)]
+    )
     if not ok:
         raise RuntimeError("JPEG encoding failed")
     return buf.tobytes()
@@ -655,8 +813,12 @@ def _expand(b, fx: float, fy: float, size: int):
     x0, y0, x1, y1 = b
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
     hw, hh = max(x1 - x0, 2) * fx / 2, max(y1 - y0, 2) * fy / 2
-    return (int(np.clip(round(cx - hw), 0, size - 1)), int(np.clip(round(cy - hh), 0, size - 1)),
-            int(np.clip(round(cx + hw), 1, size)), int(np.clip(round(cy + hh), 1, size)))
+    return (
+        int(np.clip(round(cx - hw), 0, size - 1)),
+        int(np.clip(round(cy - hh), 0, size - 1)),
+        int(np.clip(round(cx + hw), 1, size)),
+        int(np.clip(round(cy + hh), 1, size)),
+    )
 
 
 def make_ciplab_fake(
@@ -680,8 +842,9 @@ def make_ciplab_fake(
         bw, bh = bx1 - bx0, by1 - by0
         if bw < 2 or bh < 2 or dx1 - dx0 < 2 or dy1 - dy0 < 2:
             continue
-        patch = cv2.resize(donor[dy0:dy1, dx0:dx1].astype(np.float32), (bw, bh),
-                           interpolation=cv2.INTER_LINEAR)
+        patch = cv2.resize(
+            donor[dy0:dy1, dx0:dx1].astype(np.float32), (bw, bh), interpolation=cv2.INTER_LINEAR
+        )
         plab = cv2.resize(dlab[dy0:dy1, dx0:dx1], (bw, bh), interpolation=cv2.INTER_NEAREST)
         region = out[by0:by1, bx0:bx1]
         # colour matching: full at hard, none (plus a deliberate mismatch) at easy
@@ -699,8 +862,11 @@ def make_ciplab_fake(
             _ell(mask, ((bw - 1) / 2, (bh - 1) / 2), (bw / 2 * 0.95, bh / 2 * 0.95), 0, 1.0)
         if d > 0:
             sig = d * 0.12 * min(bw, bh) + 0.3
-            mask = cv2.GaussianBlur(mask, (0, 0), sig) * (mask > 0) if level == 1 else \
-                cv2.GaussianBlur(mask, (0, 0), sig)
+            mask = (
+                cv2.GaussianBlur(mask, (0, 0), sig) * (mask > 0)
+                if level == 1
+                else cv2.GaussianBlur(mask, (0, 0), sig)
+            )
         out[by0:by1, bx0:bx1] = region * (1.0 - mask[..., None]) + patch * mask[..., None]
         lab[by0:by1, bx0:bx1] = np.where(mask > 0.5, plab, lab[by0:by1, bx0:bx1])
     return _camera(rng, np.clip(out, 0, 255), _real_blur(rng)), lab
@@ -725,13 +891,15 @@ def _task_140k(args) -> None:
     else:
         img, lab = make_fake(rng, size, difficulty)
     stem = f"{split}_{cls}_{i:05d}"
-    _write_bytes(os.path.join(out_dir, split, cls, stem + ".jpg"), encode_jpeg(img, jpeg_quality(rng)))
+    _write_bytes(
+        os.path.join(out_dir, split, cls, stem + ".jpg"), encode_jpeg(img, jpeg_quality(rng))
+    )
     if masks:
         _write_png(os.path.join(out_dir, split, cls + "_masks", stem + ".png"), lab)
 
 
-def ciplab_name(rng_level: int, idx: int, bits) -> str:
-    return f"{CIPLAB_LEVELS[rng_level]}_{idx:05d}_{''.join(str(int(b)) for b in bits)}"
+def ciplab_name(level: int, idx: int, bits) -> str:
+    return f"{CIPLAB_LEVELS[level]}_{idx:05d}_{''.join(str(int(b)) for b in bits)}"
 
 
 def _task_ciplab(args) -> None:
@@ -763,18 +931,32 @@ def _run_tasks(fn: Callable, tasks: list, num_workers: int, progress: bool, desc
 
         bar = tqdm(total=len(tasks), desc=desc, unit="img", file=sys.stderr)
     if num_workers <= 1 or len(tasks) < 2:
-        for t in tasks:
-            fn(t)
-            if bar is not None:
-                bar.update(1)
+        n_threads = cv2.getNumThreads()
+        cv2.setNumThreads(1)  # images are tiny: OpenCV threading only adds overhead
+        try:
+            for t in tasks:
+                fn(t)
+                if bar is not None:
+                    bar.update(1)
+        finally:
+            cv2.setNumThreads(n_threads)
     else:
         import multiprocessing as mp
 
-        # spawn: safe even if the parent has threads running (e.g. JAX already imported)
-        ctx = mp.get_context("spawn")
+        # fork is fast and works from any __main__; spawn when the parent runs threads
+        # (e.g. JAX imported), where forking is unsafe.
+        import threading
+
+        safe_fork = (
+            sys.platform.startswith("linux")
+            and threading.active_count() == 1
+            and "jax" not in sys.modules
+        )
+        ctx = mp.get_context("fork" if safe_fork else "spawn")
         with ctx.Pool(int(num_workers), initializer=_worker_init) as pool:
-            for _ in pool.imap_unordered(fn, tasks, chunksize=max(1, min(64, len(tasks) // (
-                    8 * num_workers)))):
+            for _ in pool.imap_unordered(
+                fn, tasks, chunksize=max(1, min(64, len(tasks) // (8 * num_workers)))
+            ):
                 if bar is not None:
                     bar.update(1)
     if bar is not None:
@@ -802,8 +984,19 @@ def generate_140k(
             os.makedirs(os.path.join(output_dir, split, cls), exist_ok=True)
             if masks:
                 os.makedirs(os.path.join(output_dir, split, cls + "_masks"), exist_ok=True)
-            tasks += [(output_dir, split, cls, i, int(image_size), float(difficulty), int(seed),
-                       bool(masks)) for i in range(int(n))]
+            tasks += [
+                (
+                    output_dir,
+                    split,
+                    cls,
+                    i,
+                    int(image_size),
+                    float(difficulty),
+                    int(seed),
+                    bool(masks),
+                )
+                for i in range(int(n))
+            ]
     _run_tasks(_task_140k, tasks, num_workers, progress, "140k")
     dt = time.perf_counter() - t0
     return {
@@ -839,10 +1032,14 @@ def generate_ciplab(
         os.makedirs(os.path.join(output_dir, sub), exist_ok=True)
         if masks:
             os.makedirs(os.path.join(output_dir, sub + "_masks"), exist_ok=True)
-    tasks = [(output_dir, "real", i, int(image_size), int(seed), bool(masks))
-             for i in range(1, int(num_real) + 1)]
-    tasks += [(output_dir, "fake", i, int(image_size), int(seed), bool(masks))
-              for i in range(1, int(num_fake) + 1)]
+    tasks = [
+        (output_dir, "real", i, int(image_size), int(seed), bool(masks))
+        for i in range(1, int(num_real) + 1)
+    ]
+    tasks += [
+        (output_dir, "fake", i, int(image_size), int(seed), bool(masks))
+        for i in range(1, int(num_fake) + 1)
+    ]
     _run_tasks(_task_ciplab, tasks, num_workers, progress, "ciplab")
     levels = dict.fromkeys(CIPLAB_LEVELS, 0)
     fake_dir = os.path.join(output_dir, "training_fake")
@@ -884,8 +1081,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--masks", action="store_true", help="also write face-parsing label maps")
     p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--overwrite", action="store_true",
-                   help="allow a non-empty output dir (its dataset subfolders are replaced)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="allow a non-empty output dir (the chosen layout's folders in it are replaced)",
+    )
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -901,9 +1101,13 @@ def main(argv: list[str] | None = None) -> dict:
         if not args.overwrite:
             build_parser().error(
                 f"output directory {out!r} is not empty; pass --overwrite to replace its "
-                "dataset folders, or choose another --output")
-        subs = (["train", "valid", "test"] if args.layout == "140k" else
-                ["training_real", "training_fake", "training_real_masks", "training_fake_masks"])
+                "dataset folders, or choose another --output"
+            )
+        subs = (
+            ["train", "valid", "test"]
+            if args.layout == "140k"
+            else ["training_real", "training_fake", "training_real_masks", "training_fake_masks"]
+        )
         for sub in subs:
             path = os.path.join(out, sub)
             if os.path.isdir(path):
@@ -911,16 +1115,23 @@ def main(argv: list[str] | None = None) -> dict:
     elif os.path.exists(out) and not os.path.isdir(out):
         build_parser().error(f"--output {out!r} exists and is not a directory")
     os.makedirs(out, exist_ok=True)
-    common = dict(image_size=args.image_size, seed=args.seed, masks=args.masks,
-                  num_workers=args.workers, progress=not args.no_progress)
+    common = dict(
+        image_size=args.image_size,
+        seed=args.seed,
+        masks=args.masks,
+        num_workers=args.workers,
+        progress=not args.no_progress,
+    )
     if args.layout == "140k":
         counts = {"train": args.train, "valid": args.valid, "test": args.test}
         summary = generate_140k(out, counts, difficulty=args.difficulty, **common)
     else:
         summary = generate_ciplab(out, args.num_real, args.num_fake, **common)
-    print(f"wrote {summary['total_images']} images ({summary['layout']} layout, "
-          f"{summary['image_size']} px) to {out} in {summary['seconds']:.1f} s "
-          f"({summary['images_per_second']:.0f} img/s)")
+    print(
+        f"wrote {summary['total_images']} images ({summary['layout']} layout, "
+        f"{summary['image_size']} px) to {out} in {summary['seconds']:.1f} s "
+        f"({summary['images_per_second']:.0f} img/s)"
+    )
     print("counts:", summary["counts"])
     return summary
 
