@@ -358,7 +358,9 @@ def parse_dataset(
         if not images:
             empty.append(os.path.relpath(d, root))
         for path_abs, rel in images:
-            meta = parse_ciplab_name(rel, label) if layout == "ciplab" else {}
+            meta = parse_ciplab_name(rel, label)
+            if layout != "ciplab" and meta.get("difficulty") == "unknown":
+                meta = {}  # generic folders: keep CIPLab meta only for CIPLab-style names
             samples.append(Sample(path_abs, rel, split or "", label, meta))
     if not samples:
         raise LayoutError(
@@ -378,10 +380,7 @@ def parse_dataset(
     if not has_split:
         ratios = parse_split_ratios(split_ratios)
         seed = int(split_seed)
-        if layout == "ciplab":
-            key = lambda s: (s.label, s.meta.get("difficulty", ""))  # noqa: E731
-        else:
-            key = lambda s: (s.label,)  # noqa: E731
+        key = lambda s: (s.label, s.meta.get("difficulty", ""))  # noqa: E731
         samples = stratified_split(samples, ratios, seed, strata_key=key)
         notes.append(
             f"no official split: seeded stratified split, ratios {ratios}, seed {seed}"
