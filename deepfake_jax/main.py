@@ -3,6 +3,8 @@
 Any config value can be overridden: --config.input.batch_size=128 --config.data.dir=/data/x
 """
 
+import logging as pylogging
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -15,10 +17,21 @@ config_flags.DEFINE_config_file("config", None, "An ml_collections config file."
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+class _QuietLibraries(pylogging.Filter):
+    """Keeps our INFO progress lines readable: orbax/jax INFO chatter is dropped (not WARNING+)."""
+
+    NOISY = ("/orbax/", "/jax/", "/grain/")
+
+    def filter(self, record: pylogging.LogRecord) -> bool:
+        return record.levelno >= pylogging.WARNING or not any(
+            part in record.pathname for part in self.NOISY)
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.INFO)
+    logging.get_absl_handler().addFilter(_QuietLibraries())
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 

@@ -66,7 +66,7 @@ def build_model(config: ml_collections.ConfigDict, rng: jax.Array) -> nnx.Module
 
 def _split(model: nnx.Module):
     graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-    return graphdef, params.to_pure_dict(), batch_stats.to_pure_dict()
+    return graphdef, nnx.to_pure_dict(params), nnx.to_pure_dict(batch_stats)
 
 
 def weight_decay_mask(params: Any) -> Any:
@@ -164,7 +164,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, graphdef, tx, 
         model = nnx.merge(graphdef, params, state.batch_stats)
         logits = model(images, train=True)
         loss, scores = loss_and_scores(logits.astype(jnp.float32), labels)
-        new_batch_stats = nnx.state(model, nnx.BatchStat).to_pure_dict()
+        new_batch_stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
         return loss.mean(), (scores, new_batch_stats)
 
     (loss, (scores, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -180,7 +180,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, graphdef, tx, 
     step_metrics = {
         "loss": loss,
         "accuracy": jnp.mean((scores >= 0.5) == (labels == records.LABEL_FAKE)),
-        "grad_norm": optax.global_norm(grads),
+        "grad_norm": optax.tree.norm(grads),
         "learning_rate": schedule(state.step),
     }
     return new_state, step_metrics
