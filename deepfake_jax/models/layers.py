@@ -28,10 +28,10 @@ def cpu_friendly_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_
             rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
             feature_group_count=feature_group_count, precision=precision, **kwargs)
 
-    if (jax.default_backend() != "cpu" or lhs.ndim != 4 or isinstance(padding, str)
-            or feature_group_count != 1 or kwargs.get("batch_group_count", 1) != 1
-            or any(d != 1 for d in (lhs_dilation or ())) or any(d != 1 for d in (rhs_dilation or ()))
-            or lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+    dilated = any(d != 1 for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
+    grouped = feature_group_count != 1 or kwargs.get("batch_group_count", 1) != 1
+    if (jax.default_backend() != "cpu" or lhs.ndim != 4 or isinstance(padding, str) or dilated
+            or grouped or lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
             != lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)):
         return fallback()
     kh, kw, cin, cout = rhs.shape
