@@ -4,6 +4,7 @@ Any config value can be overridden: --config.input.batch_size=128 --config.data.
 """
 
 import logging as pylogging
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -35,5 +36,23 @@ def main(argv):
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's parsing, with the config's own errors (unknown key, bad arg) said in one line."""
+    try:
+        rest = FLAGS(argv)
+        if FLAGS.config is not None:
+            FLAGS.config.get("seed")  # a config file that failed to load raises only when used
+        return rest
+    except (flags.Error, AttributeError, KeyError, ValueError, TypeError, OSError) as e:
+        root = e
+        while root.__context__ is not None and not str(root).strip():
+            root = root.__context__
+        sys.exit(
+            f"error in the command line or config: {type(root).__name__}: {root}\n"
+            "Overrides must name keys that exist in the config file, e.g. "
+            "--config.input.batch_size=32; see --helpshort."
+        )
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)
