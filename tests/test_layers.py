@@ -39,3 +39,21 @@ def test_works_inside_nnx_conv_with_bias():
     ref = nnx.Conv(4, 6, (3, 3), padding=((1, 1), (1, 1)), rngs=nnx.Rngs(0))
     x = jax.random.normal(jax.random.key(1), (3, 2, 2, 4))
     np.testing.assert_allclose(conv(x), ref(x), atol=1e-5)
+
+
+def test_neighbouring_pixel_residual():
+    from deepfake_jax.models.layers import input_transform, neighbouring_pixel_residual
+
+    rng = np.random.default_rng(0)
+    small = rng.normal(size=(2, 4, 5, 3)).astype(np.float32)
+    # A nearest-upsampled image is constant in 2x2 cells: its residual is exactly zero.
+    upsampled = np.repeat(np.repeat(small, 2, axis=1), 2, axis=2)
+    np.testing.assert_array_equal(neighbouring_pixel_residual(jnp.asarray(upsampled)), 0.0)
+    x = rng.normal(size=(1, 5, 7, 3)).astype(np.float32)  # odd sizes keep their shape
+    r = np.asarray(neighbouring_pixel_residual(jnp.asarray(x)))
+    assert r.shape == x.shape
+    np.testing.assert_allclose(r[0, 1, 3], x[0, 1, 3] - x[0, 0, 2])
+    np.testing.assert_array_equal(r[:, ::2, ::2], 0.0)
+    assert input_transform(None)(x) is x
+    with pytest.raises(ValueError, match="valid: none, npr"):
+        input_transform("fft")

@@ -243,3 +243,15 @@ def test_count_params_tiny_concrete():
     manual = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
     assert count_params(model) == manual
     assert 100_000 < count_params(model) < 500_000
+
+
+def test_small_stem_keeps_resolution_and_names():
+    """stem="small": one 3x3/1 conv, no pooling -> the first block sees the full image."""
+    model = ResNet("18", 1, stem="small", rngs=nnx.Rngs(0))
+    assert model.conv1.kernel.shape == (3, 3, 3, 64)
+    # 11,689,512 - 1000-class head (513,000) + 1-logit head (513) - 7x7 stem + 3x3 stem.
+    assert count_params(model) == 11_689_512 - 513_000 + 513 - 7 * 7 * 3 * 64 + 3 * 3 * 3 * 64
+    fmap = model.feature_map(jnp.zeros((1, 32, 32, 3)))
+    assert fmap.shape == (1, 4, 4, 512)  # only the three stride-2 stages: 32 / 8
+    with pytest.raises(ValueError, match="valid stems: imagenet, small"):
+        ResNet("tiny", 1, stem="cifar", rngs=nnx.Rngs(0))

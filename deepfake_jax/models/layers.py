@@ -49,3 +49,30 @@ def cpu_friendly_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_
     )  # (B, oh, ow, kh*kw*cin), ordered like rhs.reshape(kh*kw*cin, cout)
     out = jnp.matmul(patches, rhs.reshape(kh * kw * cin, cout), precision=precision)
     return out.astype(kwargs.get("preferred_element_type") or out.dtype)
+
+
+def neighbouring_pixel_residual(x: jax.Array) -> jax.Array:
+    """x minus its 2x nearest down-then-up-sampled copy ("NPR", Tan et al., CVPR 2024).
+
+    Generators upsample (transposed convs, nearest/bilinear + conv), which ties each pixel to
+    its neighbours in 2x2 cells. This residual removes the image content shared within a cell
+    and keeps exactly those local relations, so a detector need not learn to find them. Works
+    on NHWC batches of any size (odd sizes: the last row/column compares to itself).
+    """
+    h, w = x.shape[1], x.shape[2]
+    anchors = x[:, ::2, ::2, :]
+    up = jnp.repeat(jnp.repeat(anchors, 2, axis=1), 2, axis=2)[:, :h, :w, :]
+    return x - up
+
+
+INPUT_TRANSFORMS = {"npr": neighbouring_pixel_residual}
+
+
+def input_transform(name: str | None):
+    """The named input transform (None -> identity); errors list the valid names."""
+    if name in (None, "", "none"):
+        return lambda x: x
+    if name not in INPUT_TRANSFORMS:
+        raise ValueError(f"unknown input_transform {name!r}; valid: none, "
+                         f"{', '.join(INPUT_TRANSFORMS)}")
+    return INPUT_TRANSFORMS[name]

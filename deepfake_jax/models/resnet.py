@@ -14,6 +14,15 @@ n/(n-1), n = B*H*W; negligible at ResNet feature-map sizes). Eval-mode outputs a
 
 Input is NHWC (already normalised); all layouts are channels-last.
 
+``stem="small"`` replaces the ImageNet stem (7x7/2 conv + 3x3/2 max-pool: 4x downsampling
+before the first block) by one 3x3/1 conv and no pooling, as in the CIFAR ResNets of He et al.
+(2016, section 4.2). Small images keep their pixel-level detail -- the upsampling traces a
+fake detector looks for live at periods of 2-4 pixels -- at 16x the compute per pixel. The
+parameter names are unchanged; only ``conv1.kernel``'s shape differs (3x3 instead of 7x7).
+
+``input_transform="npr"`` feeds the network the neighbouring-pixel residual (see
+``layers.neighbouring_pixel_residual``) instead of the image: no parameters, same shapes.
+
 Torchvision ``state_dict`` key -> nnx state path (``L`` = 1..4, ``i`` = block index)::
 
     conv1.weight                       -> conv1.kernel           (OIHW -> HWIO: transpose 2,3,1,0)
@@ -42,6 +51,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from deepfake_jax.models import layers
 from deepfake_jax.models.layers import cpu_friendly_conv
 
 # torchvision: kaiming_normal_(mode="fan_out", nonlinearity="relu") for convs.
@@ -174,6 +184,8 @@ class ResNet(nnx.Module):
         zero_init_last_bn: bool = False,
         bn_momentum: float = 0.9,
         width: int = 64,
+        stem: str = "imagenet",
+        input_transform: str | None = None,
     ):
         variant = str(variant)
         if variant not in _VARIANTS:
@@ -189,7 +201,15 @@ class ResNet(nnx.Module):
         self.dtype = dtype
 
         ckw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
-        self.conv1 = _conv(3, width, 7, 2, 3, **ckw)
+        self.input_transform = input_transform
+        layers.input_transform(input_transform)  # fails early on an unknown name
+        if stem not in ("imagenet", "small"):
+            raise ValueError(f"Unknown ResNet stem {stem!r}; valid stems: imagenet, small")
+        self.stem = stem
+        if stem == "imagenet":
+            self.conv1 = _conv(3, width, 7, 2, 3, **ckw)
+        else:
+            self.conv1 = _conv(3, width, 3, 1, 1, **ckw)
         self.bn1 = _bn(width, momentum=bn_momentum, **ckw)
 
         cin = width
@@ -226,9 +246,10 @@ class ResNet(nnx.Module):
     # ----------------------------------------------------------------- forward
     def feature_map(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         """Last stage's feature map (B, H/32, W/32, C) -- e.g. for Grad-CAM."""
-        x = jnp.asarray(x, self.dtype)
+        x = layers.input_transform(self.input_transform)(jnp.asarray(x, self.dtype))
         x = jax.nn.relu(self.bn1(self.conv1(x), use_running_average=not train))
-        x = stem_max_pool(x)
+        if self.stem == "imagenet":
+            x = stem_max_pool(x)
         for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
             for block in layer:
                 x = block(x, train=train)
