@@ -36,7 +36,7 @@ def _median_rate(fn, count: int, repeats: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--images", type=int, default=512, help="images per class")
+    parser.add_argument("--images", type=int, default=256, help="images per class")
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--crop", type=int, default=224)
     parser.add_argument("--model-variant", default="50")
@@ -63,7 +63,7 @@ def main() -> None:
         synthetic.generate_140k(images_dir, {"train": args.images}, image_size=args.image_size,
                                 seed=0)
         gen_s = time.perf_counter() - t0
-        convert.convert(images_dir, data_dir, layout="140k", show_progress=False)
+        convert.convert(images_dir, data_dir, layout="generic", show_progress=False)
         files = records.split_files(data_dir, "train")
         source = grain.sources.ArrayRecordDataSource(files)
         blobs = [records.decode_record(source[i])["image"] for i in range(len(source))]
@@ -91,7 +91,8 @@ def main() -> None:
 
         if not args.skip_step:
             config = default.get_config()
-            config.model.variant = args.model_variant
+            # The torchvision architecture (ImageNet stem, full width), not the CPU recipe's.
+            config.model = {"variant": args.model_variant}
             config.input.batch_size = args.batch
             mesh = sharding.make_mesh(None)
             tx, schedule = train.build_optimizer(config.optimizer, 1000)

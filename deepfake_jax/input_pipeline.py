@@ -18,6 +18,7 @@ from typing import Any
 
 import grain
 import numpy as np
+from absl import flags
 
 from deepfake_jax import augment, records
 from deepfake_jax.image_io import decode_image_rgb
@@ -95,6 +96,8 @@ def train_iterator(
     ds = ds.batch(global_batch_size // process_count, drop_remainder=True)
     it_ds = ds.to_iter_dataset()
     if num_workers > 0:
+        if not flags.FLAGS.is_parsed():  # grain workers read absl flags; outside app.run
+            flags.FLAGS.mark_as_parsed()  # (scripts, notebooks) they would be unparsed
         it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
     return iter(it_ds)
 

@@ -79,3 +79,13 @@ def test_eval_view_is_center_crop_and_small_images_are_upscaled():
     np.testing.assert_array_equal(out, image[10:30, 15:35])
     small = augment.eval_view(np.zeros((10, 12, 3), np.uint8), 20)
     assert small.shape == (20, 20, 3)
+
+
+def test_worker_processes_give_the_same_batches(tiny_dataset):
+    files = records.split_files(tiny_dataset, "train")
+    inline = input_pipeline.train_iterator(files, _pre(), 8, seed=5)
+    workers = input_pipeline.train_iterator(files, _pre(), 8, seed=5, num_workers=2)
+    for _ in range(3):
+        a, b = next(inline), next(workers)
+        np.testing.assert_array_equal(a["image"], b["image"])
+        np.testing.assert_array_equal(a["label"], b["label"])
