@@ -156,13 +156,17 @@ def ema_decay_at(step: jax.Array, decay: float) -> jax.Array:
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, graphdef, tx, schedule,
-               ema_decay: float, mean, std) -> tuple[TrainState, dict[str, jax.Array]]:
+               ema_decay: float, mean, std, seed: int = 0
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
     images = normalize(batch["image"], mean, std)
     labels = batch["label"]
+    # Dropout / stochastic depth keys: a function of (seed, step) only, so a resumed run and
+    # any device count draw the same masks.
+    rngs = nnx.Rngs(dropout=jax.random.fold_in(jax.random.key(seed), state.step))
 
     def loss_fn(params):
         model = nnx.merge(graphdef, params, state.batch_stats)
-        logits = model(images, train=True)
+        logits = model(images, train=True, rngs=rngs)
         loss, scores = loss_and_scores(logits.astype(jnp.float32), labels)
         new_batch_stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
         return loss.mean(), (scores, new_batch_stats)
@@ -203,7 +207,8 @@ def make_steps(config, mesh, graphdef, tx, schedule, state_shardings):
     batch_sh = sharding.batch_sharding(mesh)
     train = jax.jit(
         functools.partial(train_step, graphdef=graphdef, tx=tx, schedule=schedule,
-                          ema_decay=float(config.ema_decay), mean=mean, std=std),
+                          ema_decay=float(config.ema_decay), mean=mean, std=std,
+                          seed=int(config.seed)),
         in_shardings=(state_shardings, batch_sh),
         out_shardings=(state_shardings, sharding.replicated(mesh)),
         donate_argnums=(0,),

@@ -263,7 +263,9 @@ class ResNet(nnx.Module):
         """Classifier head on pooled features (B, C) -> logits (B, num_classes)."""
         return self.fc(feats)
 
-    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    def __call__(self, x: jax.Array, *, train: bool = False, rngs: nnx.Rngs | None = None
+                 ) -> jax.Array:
+        del rngs  # no stochastic layers; accepted so every family has the same call signature
         return self.head(self.features(x, train=train))
 
     # ------------------------------------------------------------ param groups
