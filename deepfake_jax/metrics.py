@@ -87,6 +87,46 @@ def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> 
     return out
 
 
+def calibration(labels: np.ndarray, scores: np.ndarray, num_bins: int = 10) -> dict[str, Any]:
+    """Expected calibration error of p_fake over equal-width bins, and the reliability table.
+
+    ECE = sum_b (n_b / n) * |mean label in b - mean score in b| (Guo et al., 2017, binary form).
+    """
+    labels = np.asarray(labels, np.float64)
+    scores = np.asarray(scores, np.float64)
+    bins = np.minimum((scores * num_bins).astype(int), num_bins - 1)
+    table, ece = [], 0.0
+    for b in range(num_bins):
+        in_bin = bins == b
+        n = int(in_bin.sum())
+        if n == 0:
+            continue
+        frac_fake, mean_score = float(labels[in_bin].mean()), float(scores[in_bin].mean())
+        ece += n / len(scores) * abs(frac_fake - mean_score)
+        table.append({"bin": [b / num_bins, (b + 1) / num_bins], "count": n,
+                      "mean_p_fake": mean_score, "fraction_fake": frac_fake})
+    return {"ece": float(ece), "reliability": table}
+
+
+def bootstrap_intervals(labels: np.ndarray, scores: np.ndarray, threshold: float,
+                        num_samples: int = 1000, seed: int = 0) -> dict[str, list[float]]:
+    """Percentile 95% intervals of ROC AUC and accuracy over resamples of the examples."""
+    labels, scores = np.asarray(labels), np.asarray(scores)
+    rng = np.random.default_rng(seed)
+    aucs, accs = [], []
+    for _ in range(num_samples):
+        idx = rng.integers(0, len(labels), len(labels))
+        y, p = labels[idx], scores[idx]
+        accs.append(float(np.mean((p >= threshold) == y)))
+        if 0 < y.sum() < len(y):
+            aucs.append(float(skm.roc_auc_score(y, p)))
+    out = {"accuracy": [float(np.percentile(accs, 2.5)), float(np.percentile(accs, 97.5))],
+           "num_samples": num_samples, "seed": seed}
+    if aucs:
+        out["roc_auc"] = [float(np.percentile(aucs, 2.5)), float(np.percentile(aucs, 97.5))]
+    return out
+
+
 def save_plots(labels: np.ndarray, scores: np.ndarray, metrics: dict[str, Any], out_dir: str,
                title: str = "") -> list[str]:
     """ROC, PR and confusion-matrix PNGs; returns the written paths."""
@@ -126,6 +166,24 @@ def save_plots(labels: np.ndarray, scores: np.ndarray, metrics: dict[str, Any], 
            xlabel="predicted", ylabel="true",
            title=f"threshold {metrics['threshold']:.3f} {title}".strip())
     written.append(_save(fig, os.path.join(out_dir, "confusion_matrix.png")))
+
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    edges = np.linspace(0, 1, 41)
+    for label, name in enumerate(CLASS_NAMES):
+        ax.hist(np.asarray(scores)[np.asarray(labels) == label], bins=edges, alpha=0.6, label=name)
+    ax.axvline(metrics["threshold"], color="k", ls="--", lw=1, label="threshold")
+    ax.set(xlabel="p_fake", ylabel="images", title=f"scores by class {title}".strip())
+    ax.legend()
+    written.append(_save(fig, os.path.join(out_dir, "score_histogram.png")))
+
+    if metrics.get("reliability"):
+        rel = metrics["reliability"]
+        fig, ax = plt.subplots(figsize=(4.5, 4.5))
+        ax.plot([0, 1], [0, 1], "k--", lw=0.8)
+        ax.plot([r["mean_p_fake"] for r in rel], [r["fraction_fake"] for r in rel], "o-")
+        ax.set(xlabel="mean p_fake in bin", ylabel="fraction fake in bin", xlim=(0, 1),
+               ylim=(0, 1), title=f"reliability, ECE {metrics['ece']:.3f} {title}".strip())
+        written.append(_save(fig, os.path.join(out_dir, "reliability.png")))
     return written
 
 

@@ -23,15 +23,14 @@ import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 from absl import logging
 from flax import nnx
-from jax.experimental import multihost_utils
 
 from deepfake_jax import (
     checkpointing,
     datasets,
+    evaluators,
     input_pipeline,
     logging_utils,
     metrics,
@@ -106,8 +105,12 @@ def build_optimizer(opt_config: ml_collections.ConfigDict, total_steps: int):
     return tx, schedule
 
 
-def create_train_state(config, mesh, tx):
-    """Builds the state already sharded on `mesh`; returns (graphdef, state, state_shardings)."""
+def create_train_state(config, mesh, tx, *, abstract_only: bool = False):
+    """Builds the state already sharded on `mesh`; returns (graphdef, state, state_shardings).
+
+    With `abstract_only`, `state` holds ShapeDtypeStructs carrying the shardings (a restore
+    target: nothing is computed or allocated).
+    """
     rng = jax.random.key(config.seed)
 
     def init():
@@ -121,6 +124,8 @@ def create_train_state(config, mesh, tx):
     graphdef = nnx.graphdef(nnx.eval_shape(lambda: build_model(config, rng)))
     abstract = jax.eval_shape(init)
     shardings = sharding.state_shardings(mesh, abstract)
+    if abstract_only:
+        return graphdef, abstract_state_like(abstract, shardings), shardings
     state = jax.jit(init, out_shardings=shardings)()
     return graphdef, state, shardings
 
@@ -200,6 +205,20 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array], *, graphdef, use_e
     return scores
 
 
+def make_eval_steps(config, mesh, graphdef, state_shardings) -> dict[bool, Any]:
+    """{use_ema: jitted eval step returning p_fake, sharded like the batch}."""
+    mean = tuple(config.input.get("mean", IMAGENET_MEAN))
+    std = tuple(config.input.get("std", IMAGENET_STD))
+    batch_sh = sharding.batch_sharding(mesh)
+    return {
+        use_ema: jax.jit(
+            functools.partial(eval_step, graphdef=graphdef, use_ema=use_ema, mean=mean, std=std),
+            in_shardings=(state_shardings, batch_sh), out_shardings=batch_sh,
+        )
+        for use_ema in (False, True)
+    }
+
+
 def make_steps(config, mesh, graphdef, tx, schedule, state_shardings):
     """Jitted train and eval steps with explicit shardings; the train step donates the state."""
     mean = tuple(config.input.get("mean", IMAGENET_MEAN))
@@ -213,80 +232,7 @@ def make_steps(config, mesh, graphdef, tx, schedule, state_shardings):
         out_shardings=(state_shardings, sharding.replicated(mesh)),
         donate_argnums=(0,),
     )
-    evals = {
-        use_ema: jax.jit(
-            functools.partial(eval_step, graphdef=graphdef, use_ema=use_ema, mean=mean, std=std),
-            in_shardings=(state_shardings, batch_sh), out_shardings=batch_sh,
-        )
-        for use_ema in (False, True)
-    }
-    return train, evals
-
-
-# ----------------------------------------------------------------------------- evaluation
-
-
-def predict_split(eval_fn, state, mesh, files, preprocess, batch_size) -> dict[str, np.ndarray]:
-    """Scores every record of a split once (all processes take part); arrays in index order."""
-    indices, labels, scores = [], [], []
-    for host_batch in input_pipeline.eval_batches(
-        files, preprocess, batch_size,
-        process_index=jax.process_index(), process_count=jax.process_count(),
-    ):
-        batch = sharding.host_to_global(mesh, host_batch)
-        p = eval_fn(state, {"image": batch["image"], "label": batch["label"]})
-        gathered = multihost_utils.process_allgather(
-            {"p": p, "index": batch["index"], "label": batch["label"]}, tiled=True)
-        keep = np.asarray(gathered["index"]) >= 0
-        indices.append(np.asarray(gathered["index"])[keep])
-        labels.append(np.asarray(gathered["label"])[keep])
-        scores.append(np.asarray(gathered["p"], np.float64)[keep])
-    index = np.concatenate(indices)
-    order = np.argsort(index, kind="stable")
-    return {"index": index[order], "label": np.concatenate(labels)[order],
-            "p_fake": np.concatenate(scores)[order]}
-
-
-def write_predictions_csv(path: str, preds: dict[str, np.ndarray], meta: list[dict]) -> None:
-    import csv
-    import json
-
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["index", "path", "label", "p_fake", "meta"])
-        for i, label, p in zip(preds["index"], preds["label"], preds["p_fake"], strict=True):
-            m = meta[int(i)]
-            writer.writerow([int(i), m.get("path", ""), int(label), f"{p:.6f}",
-                             json.dumps(m.get("meta", {}), sort_keys=True)])
-
-
-def final_evaluation(config, workdir, state, mesh, evals, dataset_dir, preprocess) -> dict:
-    """EMA (or live) weights on validation -> threshold -> applied to test; JSON + PNGs."""
-    use_ema = bool(config.eval.use_ema)
-    results = {}
-    threshold = None
-    for split in (config.data.val_split, config.data.test_split):
-        if not split:
-            continue
-        files = records.split_files(dataset_dir, split)
-        preds = predict_split(evals[use_ema], state, mesh, files, preprocess,
-                              config.input.eval_batch_size)
-        if threshold is None:  # the first split (validation) picks the threshold
-            threshold = metrics.choose_threshold(preds["label"], preds["p_fake"],
-                                                 config.eval.threshold_method)
-        m = metrics.binary_metrics(preds["label"], preds["p_fake"], threshold)
-        m.update(split=split, threshold_from=config.data.val_split,
-                 threshold_method=config.eval.threshold_method, use_ema=use_ema,
-                 step=int(jax.device_get(state.step)))
-        results[split] = m
-        if jax.process_index() == 0:
-            out_dir = os.path.join(workdir, "eval", split)
-            metrics.write_json(m, os.path.join(out_dir, "metrics.json"))
-            metrics.save_plots(preds["label"], preds["p_fake"], m, out_dir, title=split)
-            write_predictions_csv(os.path.join(out_dir, "predictions.csv"), preds,
-                                  input_pipeline.read_metadata(files))
-    return results
+    return train, make_eval_steps(config, mesh, graphdef, state_shardings)
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -383,8 +329,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 writer.write(step, "train", train_metrics | progress.rates(step))
                 logging.info("%s", progress.line(step, train_metrics))
             if step % config.eval_every_steps == 0 or is_last:
-                val = predict_split(evals[bool(config.eval.use_ema)], state, mesh, val_files,
-                                    preprocess, config.input.eval_batch_size)
+                val = evaluators.predict_split(evals[bool(config.eval.use_ema)], state, mesh,
+                                               val_files, preprocess, config.input.eval_batch_size)
                 val_m = metrics.binary_metrics(val["label"], val["p_fake"], 0.5)
                 summary = {f"val_{k}": val_m[k] for k in ("roc_auc", "accuracy", "log_loss")}
                 writer.write(step, "val", summary)
@@ -405,7 +351,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     best_step = ckpt.best_step()
     ckpt.close()
-    results = final_evaluation(config, workdir, state, mesh, evals, dataset_dir, preprocess)
+    results = evaluators.evaluate_splits(
+        evals[bool(config.eval.use_ema)], state, mesh, preprocess, config.input.eval_batch_size,
+        threshold_split=records.split_files(dataset_dir, config.data.val_split),
+        splits={split: records.split_files(dataset_dir, split)
+                for split in (config.data.val_split, config.data.test_split) if split},
+        out_dir=os.path.join(workdir, "eval"), threshold_method=config.eval.threshold_method,
+        extra={"use_ema": bool(config.eval.use_ema), "threshold_from": config.data.val_split},
+    )
     for split, m in results.items():
         logging.info("final %s (threshold %.3f from %s): %s", split, m["threshold"],
                      m["threshold_from"], _fmt({k: m[k] for k in (

@@ -52,10 +52,31 @@ def test_threshold_methods_and_one_class_split():
 def test_plots_are_written(tmp_path):
     labels = np.array([0, 0, 1, 1, 0, 1])
     scores = np.array([0.1, 0.6, 0.7, 0.9, 0.3, 0.4])
-    m = metrics.binary_metrics(labels, scores, 0.5)
+    m = metrics.binary_metrics(labels, scores, 0.5) | metrics.calibration(labels, scores)
     paths = metrics.save_plots(labels, scores, m, str(tmp_path))
-    assert sorted(p.rsplit("/", 1)[1] for p in paths) == ["confusion_matrix.png", "pr.png",
-                                                           "roc.png"]
+    assert sorted(p.rsplit("/", 1)[1] for p in paths) == [
+        "confusion_matrix.png", "pr.png", "reliability.png", "roc.png", "score_histogram.png"]
     for p in paths:
         with open(p, "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_expected_calibration_error_by_hand():
+    # Bin [0.1, 0.2): scores 0.1, 0.1, labels 0, 1 -> |0.5 - 0.1| weight 2/4.
+    # Bin [0.9, 1.0]: scores 0.9, 0.9, labels 1, 1 -> |1.0 - 0.9| weight 2/4.
+    cal = metrics.calibration(np.array([0, 1, 1, 1]), np.array([0.1, 0.1, 0.9, 0.9]))
+    assert cal["ece"] == pytest.approx(0.5 * 0.4 + 0.5 * 0.1)
+    assert [r["count"] for r in cal["reliability"]] == [2, 2]
+    perfect = metrics.calibration(np.array([0, 1]), np.array([0.0, 1.0]))
+    assert perfect["ece"] == pytest.approx(0.0)
+
+
+def test_bootstrap_intervals_contain_the_estimate_and_are_seeded():
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 2, 300)
+    scores = np.clip(labels * 0.4 + rng.normal(0.3, 0.2, 300), 0, 1)
+    ci = metrics.bootstrap_intervals(labels, scores, 0.5, num_samples=200, seed=3)
+    auc = skm.roc_auc_score(labels, scores)
+    assert ci["roc_auc"][0] < auc < ci["roc_auc"][1]
+    assert ci["roc_auc"][1] - ci["roc_auc"][0] < 0.15
+    assert ci == metrics.bootstrap_intervals(labels, scores, 0.5, num_samples=200, seed=3)

@@ -1,0 +1,63 @@
+"""`evaluate` restores the trainer's checkpoints on any device count and reproduces its numbers."""
+
+import json
+import os
+
+import jax
+import pytest
+
+from configs import default
+from data_prep import convert, synthetic
+from deepfake_jax import evaluate, train
+
+
+@pytest.fixture(scope="module")
+def trained_workdir(tmp_path_factory, tiny_dataset):
+    workdir = str(tmp_path_factory.mktemp("trained"))
+    config = default.get_config("tiny")
+    config.data.dir = tiny_dataset
+    assert jax.device_count() == 8
+    summary = train.train_and_evaluate(config, workdir)
+    return workdir, summary
+
+
+def test_one_device_reproduces_end_of_training_metrics(trained_workdir):
+    workdir, summary = trained_workdir
+    final = summary["eval"]["test"]
+    results = evaluate.evaluate_checkpoint(workdir, devices=jax.devices()[:1], bootstrap=50)
+    m = next(iter(results.values()))
+    assert m["checkpoint_step"] == summary["step"]
+    assert m["roc_auc"] == pytest.approx(final["roc_auc"], abs=1e-6)
+    assert m["threshold"] == pytest.approx(final["threshold"], abs=1e-6)
+    assert m["accuracy"] == final["accuracy"]
+    assert m["confusion_matrix"] == final["confusion_matrix"]
+    lo, hi = m["bootstrap_95"]["accuracy"]
+    assert lo <= m["accuracy"] <= hi
+    table = evaluate.summary_table(results)
+    assert "roc_auc" in table and f"{m['roc_auc']:.4f}" in table
+
+
+def test_threshold_comes_from_validation_never_from_the_test_split(trained_workdir, tmp_path):
+    workdir, summary = trained_workdir
+    # A second dataset with other images: its test split differs, the threshold must not.
+    images, other = str(tmp_path / "img"), str(tmp_path / "other")
+    synthetic.generate_140k(images, counts={"train": 4, "valid": 4, "test": 16}, image_size=32,
+                            difficulty=1.0, seed=7)
+    convert.convert(images, other, layout="140k", show_progress=False)
+    results = evaluate.evaluate_checkpoint(workdir, data=[other], bootstrap=0)
+    (name, m), = results.items()
+    assert name == "other"
+    assert m["threshold"] == pytest.approx(summary["eval"]["valid"]["threshold"], abs=1e-9)
+    assert m["threshold_from"].endswith(":valid")
+    with open(os.path.join(workdir, "eval", "other", "test", "metrics.json")) as f:
+        assert json.load(f)["num_examples"] == 32
+
+
+def test_checkpoint_choice(trained_workdir):
+    workdir, summary = trained_workdir
+    best = evaluate.evaluate_checkpoint(workdir, checkpoint="best", bootstrap=0)
+    assert next(iter(best.values()))["checkpoint_step"] == summary["best_step"]
+    with pytest.raises(ValueError, match="use latest, best or one of"):
+        evaluate.evaluate_checkpoint(workdir, checkpoint="12345", bootstrap=0)
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        evaluate.evaluate_checkpoint(os.path.dirname(workdir), bootstrap=0)
