@@ -51,6 +51,15 @@ def _make_resnet(*, num_classes: int, rngs: nnx.Rngs, variant: str = "50", **kwa
 register_model("resnet", _make_resnet)
 
 
+def _make_vit(*, num_classes: int, rngs: nnx.Rngs, variant: str = "B/16", **kwargs) -> nnx.Module:
+    from deepfake_jax.models.vit import ViT
+
+    return ViT(variant, num_classes, rngs=rngs, **kwargs)
+
+
+register_model("vit", _make_vit)
+
+
 def count_params(model: nnx.Module) -> int:
     """Number of scalar entries in the model's ``nnx.Param`` variables (not batch stats).
 

@@ -1,0 +1,367 @@
+"""Vision Transformer (Dosovitskiy et al., ICLR 2021) in ``flax.nnx``.
+
+Architecture exactly Hugging Face ``ViTModel`` + ``ViTForImageClassification`` (which is the
+original ViT): patch embedding by a PxP/P conv, a class token, learned position embeddings
+(``1 + N`` positions), dropout, ``depth`` pre-LN blocks::
+
+    x = x + drop_path(dropout(attn(layernorm_before(x))))     # attn: softmax(q k^T / sqrt(d)) v
+    x = x + drop_path(dropout(fc2(gelu(fc1(layernorm_after(x))))))
+
+then a final LayerNorm and a Linear head on the class token (``pool="cls"``, HF/timm default).
+``pool="gap"`` instead averages the final-LayerNorm'd *patch* tokens (class token excluded; the
+class token and its parameters stay so checkpoints load either way). There is no pooler layer:
+HF's ``ViTForImageClassification`` builds ``ViTModel(add_pooling_layer=False)``.
+
+Facts taken from ``transformers`` (5.23, ``ViTConfig`` defaults): ``layer_norm_eps=1e-12``
+(timm and big_vision use 1e-6: pass ``layer_norm_eps=1e-6`` for timm weights),
+``hidden_act="gelu"`` = exact erf GELU (not the tanh approximation), ``qkv_bias=True``,
+attention scaling ``head_dim ** -0.5``, softmax in float32, dropout on the attention
+probabilities (``attention_probs_dropout_prob``) and after the attention output projection and
+after ``fc2`` (``hidden_dropout_prob``), on the embeddings too; no dropout before the head.
+Stochastic depth (``drop_path``, not in HF; timm's rule): per-sample, rate rising linearly from
+0 at the first block to ``drop_path`` at the last, survivors scaled by ``1 / (1 - rate)``.
+
+Variants: ``"Ti/16"``, ``"S/16"``, ``"B/16"``, ``"L/16"`` and the ``/32`` versions, plus
+``"tiny"`` (patch 8, width 32, depth 2, 2 heads, MLP 64; for tests). Any of
+``patch_size, hidden_size, num_layers, num_heads, mlp_dim`` may be overridden by keyword
+(e.g. to match an arbitrary HF config). Parameter counts at 224 px with 1000 classes:
+Ti/16 5,717,416; S/16 22,050,664; B/16 86,567,656; L/16 304,326,632 (same as timm's
+``vit_*_patch16_224`` and HF ``ViTForImageClassification``).
+
+Input: NHWC, already normalised. Output: logits ``(B, num_classes)``. Dropout / stochastic
+depth draw from the ``dropout`` stream of the ``rngs`` given *at call time*
+(``model(x, train=True, rngs=nnx.Rngs(dropout=key))``); no ``Rngs`` are stored in the module,
+so ``nnx.split(model, nnx.Param, nnx.BatchStat)`` covers the whole state.
+
+Hugging Face checkpoint key (``save_pretrained`` / hub naming) -> nnx state path
+(``i`` = block index; ``deepfake_jax.weights.vit_hf`` does this, also accepting the
+transformers>=5 in-memory names ``vit.layers.i.attention.q_proj`` ... ``mlp.fc2``)::
+
+    vit.embeddings.cls_token                            -> cls_token            (1, 1, D)
+    vit.embeddings.position_embeddings                  -> position_embeddings  (1, 1+N, D)
+    vit.embeddings.patch_embeddings.projection.weight   -> patch_embeddings.kernel (OIHW -> HWIO)
+    vit.embeddings.patch_embeddings.projection.bias     -> patch_embeddings.bias
+    vit.encoder.layer.i.layernorm_before.{weight,bias}  -> encoder.i.layernorm_before.{scale,bias}
+    vit.encoder.layer.i.attention.attention.query.*     -> encoder.i.attention.query.{kernel,bias}
+    vit.encoder.layer.i.attention.attention.key.*       -> encoder.i.attention.key.*
+    vit.encoder.layer.i.attention.attention.value.*     -> encoder.i.attention.value.*
+    vit.encoder.layer.i.attention.output.dense.*        -> encoder.i.attention.output.*
+    vit.encoder.layer.i.layernorm_after.{weight,bias}   -> encoder.i.layernorm_after.{scale,bias}
+    vit.encoder.layer.i.intermediate.dense.*            -> encoder.i.intermediate.*   (fc1)
+    vit.encoder.layer.i.output.dense.*                  -> encoder.i.output.*         (fc2)
+    vit.layernorm.{weight,bias}                         -> layernorm.{scale,bias}
+    classifier.{weight,bias}                            -> classifier.{kernel,bias}
+    (every Linear ``weight``: (out, in) -> ``kernel`` (in, out))
+    vit.pooler.dense.*  (ViTModel with pooler only)     -> (dropped)
+
+Freezing groups as in ``resnet.py``: ``ViT.HEAD_MODULES = ("classifier",)``,
+``head_filter()`` / ``backbone_filter()``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+# variant -> (patch, hidden size, depth, heads, mlp dim)
+_VARIANTS: dict[str, tuple[int, int, int, int, int]] = {
+    "tiny": (8, 32, 2, 2, 64),
+    "Ti/16": (16, 192, 12, 3, 768),
+    "S/16": (16, 384, 12, 6, 1536),
+    "B/16": (16, 768, 12, 12, 3072),
+    "L/16": (16, 1024, 24, 16, 4096),
+    "Ti/32": (32, 192, 12, 3, 768),
+    "S/32": (32, 384, 12, 6, 1536),
+    "B/32": (32, 768, 12, 12, 3072),
+    "L/32": (32, 1024, 24, 16, 4096),
+}
+VARIANTS: tuple[str, ...] = tuple(_VARIANTS)
+
+HF_LAYER_NORM_EPS = 1e-12
+# HF ``_init_weights``: trunc-normal(std=initializer_range=0.02) for Linear/Conv weights and the
+# class/position embeddings, zero biases, LayerNorm ones/zeros.
+_init = nnx.initializers.truncated_normal(stddev=0.02)
+
+
+def _pair(v) -> tuple[int, int]:
+    if isinstance(v, (tuple, list)):
+        return int(v[0]), int(v[1])
+    return int(v), int(v)
+
+
+# ----------------------------------------------------------------------------- pos-embed resize
+def _cubic_weight_matrix(n_in: int, n_out: int, a: float = -0.75) -> np.ndarray:
+    """(n_out, n_in) matrix of torch ``F.interpolate(mode="bicubic", align_corners=False)``.
+
+    Same kernel (Keys, A=-0.75), source index ``(dst + 0.5) * n_in / n_out - 0.5`` and border
+    clamping as ATen's ``upsample_bicubic2d`` (no antialias), so results match HF's
+    ``interpolate_pos_encoding`` to float rounding.
+    """
+    def cc1(x):  # |x| <= 1
+        return ((a + 2) * x - (a + 3)) * x * x + 1
+
+    def cc2(x):  # 1 < |x| < 2
+        return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+
+    w = np.zeros((n_out, n_in), np.float64)
+    scale = n_in / n_out
+    for o in range(n_out):
+        real = (o + 0.5) * scale - 0.5
+        i0 = math.floor(real)
+        t = real - i0
+        coeffs = (cc2(t + 1), cc1(t), cc1(1 - t), cc2(2 - t))
+        for k, c in enumerate(coeffs):
+            w[o, min(max(i0 - 1 + k, 0), n_in - 1)] += c
+    return w
+
+
+def resize_pos_embed(posemb: jax.Array, new_grid: int | Sequence[int], *,
+                     old_grid: int | Sequence[int] | None = None,
+                     num_prefix_tokens: int = 1) -> jax.Array:
+    """Bicubic resize of ViT position embeddings ``(1, prefix + gh*gw, D)`` to ``new_grid``.
+
+    The first ``num_prefix_tokens`` (the class token) are kept as they are; the patch grid is
+    resized like HF's ``ViTEmbeddings.interpolate_pos_encoding`` (torch bicubic, A=-0.75,
+    ``align_corners=False``, no antialias; timm's ``resample_abs_pos_embed`` adds antialias,
+    which only differs when shrinking). ``old_grid`` defaults to a square grid. Works on
+    numpy or jax arrays, inside ``jit`` too (shapes are static). Returns the input's dtype.
+    """
+    posemb = jnp.asarray(posemb)
+    squeeze = posemb.ndim == 2
+    if squeeze:
+        posemb = posemb[None]
+    prefix, grid = posemb[:, :num_prefix_tokens], posemb[:, num_prefix_tokens:]
+    n, d = grid.shape[1], grid.shape[2]
+    if old_grid is None:
+        side = math.isqrt(n)
+        if side * side != n:
+            raise ValueError(f"{n} patch positions are not a square grid; pass old_grid")
+        old_grid = (side, side)
+    gh, gw = _pair(old_grid)
+    nh, nw = _pair(new_grid)
+    if gh * gw != n:
+        raise ValueError(f"old_grid {(gh, gw)} does not hold the {n} patch positions")
+    if (gh, gw) != (nh, nw):
+        wh = jnp.asarray(_cubic_weight_matrix(gh, nh), jnp.float32)
+        ww = jnp.asarray(_cubic_weight_matrix(gw, nw), jnp.float32)
+        g = grid.reshape(grid.shape[0], gh, gw, d).astype(jnp.float32)
+        g = jnp.einsum("ah,bhwd,cw->bacd", wh, g, ww, precision=jax.lax.Precision.HIGHEST)
+        grid = g.reshape(grid.shape[0], nh * nw, d).astype(posemb.dtype)
+    out = jnp.concatenate([prefix, grid], axis=1)
+    return out[0] if squeeze else out
+
+
+# ----------------------------------------------------------------------------------- modules
+def _linear(cin, cout, *, rngs, dtype, param_dtype, use_bias=True) -> nnx.Linear:
+    return nnx.Linear(cin, cout, use_bias=use_bias, kernel_init=_init,
+                      bias_init=nnx.initializers.zeros_init(), dtype=dtype,
+                      param_dtype=param_dtype, rngs=rngs)
+
+
+def _layer_norm(d, *, eps, rngs, dtype, param_dtype) -> nnx.LayerNorm:
+    return nnx.LayerNorm(d, epsilon=eps, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+
+class SelfAttention(nnx.Module):
+    """HF ``ViTAttention``: separate query/key/value projections and an output projection."""
+
+    def __init__(self, d, num_heads, *, attention_dropout, hidden_dropout, qkv_bias, rngs,
+                 dtype, param_dtype):
+        if d % num_heads:
+            raise ValueError(f"hidden size {d} is not divisible by {num_heads} heads")
+        kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+        self.num_heads = num_heads
+        self.head_dim = d // num_heads
+        self.query = _linear(d, d, use_bias=qkv_bias, **kw)
+        self.key = _linear(d, d, use_bias=qkv_bias, **kw)
+        self.value = _linear(d, d, use_bias=qkv_bias, **kw)
+        self.output = _linear(d, d, **kw)
+        self.attention_dropout = nnx.Dropout(attention_dropout)
+        self.dropout = nnx.Dropout(hidden_dropout)
+
+    def __call__(self, x, *, train: bool, rngs) -> tuple[jax.Array, jax.Array]:
+        b, t, _ = x.shape
+        split = (b, t, self.num_heads, self.head_dim)
+        q = self.query(x).reshape(split)
+        k = self.key(x).reshape(split)
+        v = self.value(x).reshape(split)
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) * (self.head_dim ** -0.5)
+        probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(x.dtype)
+        dropped = self.attention_dropout(probs, deterministic=not train, rngs=rngs)
+        out = jnp.einsum("bhqk,bkhd->bqhd", dropped, v).reshape(b, t, -1)
+        return self.dropout(self.output(out), deterministic=not train, rngs=rngs), probs
+
+
+class EncoderBlock(nnx.Module):
+    """HF ``ViTLayer`` (pre-LN) plus optional stochastic depth."""
+
+    def __init__(self, d, num_heads, mlp_dim, *, eps, dropout, attention_dropout, drop_path,
+                 qkv_bias, rngs, dtype, param_dtype):
+        kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+        self.layernorm_before = _layer_norm(d, eps=eps, **kw)
+        self.attention = SelfAttention(d, num_heads, attention_dropout=attention_dropout,
+                                       hidden_dropout=dropout, qkv_bias=qkv_bias, **kw)
+        self.layernorm_after = _layer_norm(d, eps=eps, **kw)
+        self.intermediate = _linear(d, mlp_dim, **kw)
+        self.output = _linear(mlp_dim, d, **kw)
+        self.dropout = nnx.Dropout(dropout)
+        # one keep/drop decision per sample: mask broadcast over tokens and channels
+        self.drop_path = nnx.Dropout(drop_path, broadcast_dims=(1, 2))
+
+    def __call__(self, x, *, train: bool, rngs) -> tuple[jax.Array, jax.Array]:
+        det = not train
+        y, probs = self.attention(self.layernorm_before(x), train=train, rngs=rngs)
+        x = x + self.drop_path(y, deterministic=det, rngs=rngs)
+        y = jax.nn.gelu(self.intermediate(self.layernorm_after(x)), approximate=False)
+        y = self.dropout(self.output(y), deterministic=det, rngs=rngs)
+        x = x + self.drop_path(y, deterministic=det, rngs=rngs)
+        return x, probs
+
+
+class ViT(nnx.Module):
+    """HF-compatible Vision Transformer. See the module docstring for naming and options."""
+
+    HEAD_MODULES: ClassVar[tuple[str, ...]] = ("classifier",)
+
+    def __init__(
+        self,
+        variant: str,
+        num_classes: int = 1,
+        *,
+        rngs: nnx.Rngs,
+        image_size: int | Sequence[int] = 224,
+        pool: str = "cls",
+        dropout: float = 0.0,
+        attention_dropout: float = 0.0,
+        drop_path: float = 0.0,
+        layer_norm_eps: float = HF_LAYER_NORM_EPS,
+        qkv_bias: bool = True,
+        patch_size: int | None = None,
+        hidden_size: int | None = None,
+        num_layers: int | None = None,
+        num_heads: int | None = None,
+        mlp_dim: int | None = None,
+        dtype: Any = jnp.float32,
+        param_dtype: Any = jnp.float32,
+    ):
+        variant = str(variant)
+        if variant not in _VARIANTS:
+            raise ValueError(f"Unknown ViT variant {variant!r}; valid variants: "
+                             f"{', '.join(VARIANTS)}")
+        if pool not in ("cls", "gap"):
+            raise ValueError(f"Unknown ViT pool {pool!r}; valid: cls, gap")
+        p, d, depth, heads, mlp = _VARIANTS[variant]
+        p = patch_size or p
+        d = hidden_size or d
+        depth = num_layers or depth
+        heads = num_heads or heads
+        mlp = mlp_dim or mlp
+        self.variant = variant
+        self.num_classes = num_classes
+        self.image_size = _pair(image_size)
+        self.patch_size = p
+        self.grid = (self.image_size[0] // p, self.image_size[1] // p)
+        self.pool = pool
+        self.num_features = d
+        self.layer_norm_eps = layer_norm_eps
+        self.dtype = dtype
+        kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+
+        self.patch_embeddings = nnx.Conv(3, d, kernel_size=(p, p), strides=(p, p),
+                                         padding="VALID", kernel_init=_init,
+                                         bias_init=nnx.initializers.zeros_init(), **kw)
+        self.cls_token = nnx.Param(_init(rngs.params(), (1, 1, d), param_dtype))
+        n_pos = 1 + self.grid[0] * self.grid[1]
+        self.position_embeddings = nnx.Param(_init(rngs.params(), (1, n_pos, d), param_dtype))
+        self.dropout = nnx.Dropout(dropout)
+        rates = np.linspace(0.0, drop_path, depth) if depth > 1 else [drop_path]
+        self.encoder = nnx.List([
+            EncoderBlock(d, heads, mlp, eps=layer_norm_eps, dropout=dropout,
+                         attention_dropout=attention_dropout, drop_path=float(r),
+                         qkv_bias=qkv_bias, **kw)
+            for r in rates
+        ])
+        self.layernorm = _layer_norm(d, eps=layer_norm_eps, **kw)
+        self.classifier = _linear(d, num_classes, **kw)
+
+    # ----------------------------------------------------------------- forward
+    def _pos_embed(self, grid: tuple[int, int], interpolate: bool) -> jax.Array:
+        pos = self.position_embeddings[...]
+        if grid == self.grid:
+            return pos
+        if not interpolate:
+            raise ValueError(
+                f"input gives a {grid} patch grid but the model was built for {self.image_size} "
+                f"px ({self.grid} patches); pass interpolate_pos_encoding=True or rebuild with "
+                f"image_size=...")
+        return resize_pos_embed(pos, grid, old_grid=self.grid)
+
+    def encode(self, x: jax.Array, *, train: bool = False, rngs: nnx.Rngs | None = None,
+               interpolate_pos_encoding: bool = False
+               ) -> tuple[jax.Array, list[jax.Array]]:
+        """Final-LayerNorm'd tokens (B, 1+N, D) and per-block attention probs (B, H, T, T)."""
+        x = self.patch_embeddings(jnp.asarray(x, self.dtype))
+        b, gh, gw, d = x.shape
+        x = x.reshape(b, gh * gw, d)
+        cls = jnp.broadcast_to(self.cls_token[...].astype(x.dtype), (b, 1, d))
+        x = jnp.concatenate([cls, x], axis=1)
+        x = x + self._pos_embed((gh, gw), interpolate_pos_encoding).astype(x.dtype)
+        x = self.dropout(x, deterministic=not train, rngs=rngs)
+        attns = []
+        for block in self.encoder:
+            x, probs = block(x, train=train, rngs=rngs)
+            attns.append(probs)
+        return self.layernorm(x), attns
+
+    def pool_tokens(self, tokens: jax.Array) -> jax.Array:
+        return tokens[:, 0] if self.pool == "cls" else jnp.mean(tokens[:, 1:], axis=1)
+
+    def features(self, x: jax.Array, *, train: bool = False, rngs: nnx.Rngs | None = None,
+                 interpolate_pos_encoding: bool = False) -> jax.Array:
+        """Pooled features (B, D) (class token, or mean of patch tokens for ``pool="gap"``)."""
+        tokens, _ = self.encode(x, train=train, rngs=rngs,
+                                interpolate_pos_encoding=interpolate_pos_encoding)
+        return self.pool_tokens(tokens)
+
+    def feature_map(self, x: jax.Array, *, train: bool = False,
+                    rngs: nnx.Rngs | None = None) -> jax.Array:
+        """Final patch tokens as a map (B, H/P, W/P, D) -- e.g. for Grad-CAM."""
+        x = jnp.asarray(x)
+        gh, gw = x.shape[1] // self.patch_size, x.shape[2] // self.patch_size
+        tokens, _ = self.encode(x, train=train, rngs=rngs, interpolate_pos_encoding=True)
+        return tokens[:, 1:].reshape(x.shape[0], gh, gw, -1)
+
+    def head(self, feats: jax.Array) -> jax.Array:
+        """Classifier head on pooled features (B, D) -> logits (B, num_classes)."""
+        return self.classifier(feats)
+
+    def attention_maps(self, x: jax.Array) -> list[jax.Array]:
+        """Eval-mode attention probabilities, one (B, heads, 1+N, 1+N) array per block
+        (token 0 is the class token), e.g. for attention rollout."""
+        return self.encode(x, train=False, interpolate_pos_encoding=True)[1]
+
+    def __call__(self, x: jax.Array, *, train: bool = False, rngs: nnx.Rngs | None = None,
+                 return_attention: bool = False, interpolate_pos_encoding: bool = False):
+        """Logits (B, num_classes); with ``return_attention`` also the per-block attention
+        probabilities (list of (B, heads, T, T))."""
+        tokens, attns = self.encode(x, train=train, rngs=rngs,
+                                    interpolate_pos_encoding=interpolate_pos_encoding)
+        logits = self.head(self.pool_tokens(tokens))
+        return (logits, attns) if return_attention else logits
+
+    # ------------------------------------------------------------ param groups
+    @classmethod
+    def head_filter(cls) -> Callable[[tuple, Any], bool]:
+        """nnx filter matching variables of the head (``classifier``)."""
+        return lambda path, _x: len(path) > 0 and path[0] in cls.HEAD_MODULES
+
+    @classmethod
+    def backbone_filter(cls) -> Callable[[tuple, Any], bool]:
+        """nnx filter matching everything that is not the head."""
+        return lambda path, _x: len(path) > 0 and path[0] not in cls.HEAD_MODULES

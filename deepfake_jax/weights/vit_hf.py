@@ -1,0 +1,369 @@
+"""Hugging Face ViT checkpoints <-> ``deepfake_jax.models.vit.ViT`` parameters.
+
+Reads what ``ViTForImageClassification.save_pretrained(dir)`` (or ``ViTModel``) writes --
+``model.safetensors`` (or sharded ``model.safetensors.index.json``) and ``config.json`` -- with
+``safetensors.numpy``: no PyTorch needed. The key mapping is in ``deepfake_jax.models.vit``'s
+docstring; both the hub naming (``vit.encoder.layer.i.attention.attention.query.weight``) and
+the transformers>=5 in-memory naming (``vit.layers.i.attention.q_proj.weight``) are accepted,
+with or without the ``vit.`` prefix. ``vit.pooler.*`` and ``vit.embeddings.mask_token`` are
+ignored (no such parameters here).
+
+    model = ViT("B/16", num_classes=1, rngs=nnx.Rngs(0))
+    nnx.update(model, load_hf_vit(model, "path/to/vit-base-patch16-224"))
+    # or, architecture taken from config.json:
+    model = create_vit_from_hf("path/to/dir", num_classes=1, rngs=nnx.Rngs(0))
+
+* Head: when the checkpoint's ``classifier`` shape differs from the model's (other class count,
+  or a ``ViTModel`` checkpoint without a head), the model's own (random) head is kept.
+* Position embeddings: resized bicubically (``resize_pos_embed``; identical to HF's
+  ``interpolate_pos_encoding``) when the model's patch grid differs from the checkpoint's.
+* Anything else that does not fit -- missing or unexpected keys, other shapes, a config whose
+  ``hidden_act`` / ``layer_norm_eps`` / ``num_channels`` differs from the model -- raises a
+  ``ValueError`` that lists every problem.
+
+``to_hf_state_dict`` / ``save_hf_vit`` do the reverse (hub naming), so a model trained here
+loads with ``ViTForImageClassification.from_pretrained``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+
+from deepfake_jax.models.vit import _VARIANTS, HF_LAYER_NORM_EPS, ViT, resize_pos_embed
+
+Path = tuple[Any, ...]
+
+_IGNORED = (re.compile(r"^vit\.pooler\."), re.compile(r"^vit\.embeddings\.mask_token$"))
+
+# transformers>=5 module names -> hub (save_pretrained) names, applied in this order
+_V5_RENAMES = (
+    (re.compile(r"^vit\.layers\.(\d+)\."), r"vit.encoder.layer.\1."),
+    (re.compile(r"\.attention\.q_proj\."), ".attention.attention.query."),
+    (re.compile(r"\.attention\.k_proj\."), ".attention.attention.key."),
+    (re.compile(r"\.attention\.v_proj\."), ".attention.attention.value."),
+    (re.compile(r"\.attention\.o_proj\."), ".attention.output.dense."),
+    (re.compile(r"\.mlp\.fc1\."), ".intermediate.dense."),
+    (re.compile(r"\.mlp\.fc2\."), ".output.dense."),
+)
+_BLOCK_LINEARS = {"intermediate": "intermediate.dense", "output": "output.dense"}
+_ATTN_LINEARS = {"query": "attention.query", "key": "attention.key",
+                 "value": "attention.value", "output": "output.dense"}
+
+
+# ----------------------------------------------------------------------------- naming
+def hf_key(path: Path) -> tuple[str, str]:
+    """nnx param path -> (hub checkpoint key, kind); kind in raw / linear / conv."""
+    p = tuple(str(k) for k in path)
+    leaf = p[-1]
+    w = {"kernel": "weight", "scale": "weight", "bias": "bias"}.get(leaf)
+    linear = "linear" if leaf == "kernel" else "raw"
+    if p in (("cls_token",), ("position_embeddings",)):
+        return f"vit.embeddings.{p[0]}", "raw"
+    if p[0] == "patch_embeddings" and len(p) == 2:
+        return (f"vit.embeddings.patch_embeddings.projection.{w}",
+                "conv" if leaf == "kernel" else "raw")
+    if p[0] in ("layernorm", "classifier") and len(p) == 2:
+        prefix = "vit.layernorm" if p[0] == "layernorm" else "classifier"
+        return f"{prefix}.{w}", linear
+    if p[0] == "encoder" and len(p) >= 4:
+        base = f"vit.encoder.layer.{p[1]}"
+        if p[2] in ("layernorm_before", "layernorm_after") and len(p) == 4:
+            return f"{base}.{p[2]}.{w}", "raw"
+        if p[2] in _BLOCK_LINEARS and len(p) == 4:
+            return f"{base}.{_BLOCK_LINEARS[p[2]]}.{w}", linear
+        if p[2] == "attention" and len(p) == 5 and p[3] in _ATTN_LINEARS:
+            return f"{base}.attention.{_ATTN_LINEARS[p[3]]}.{w}", linear
+    raise KeyError(f"no Hugging Face name for ViT parameter {'.'.join(p)}")
+
+
+def normalize_hf_key(key: str) -> str:
+    """Any accepted HF naming -> hub naming with the ``vit.`` prefix."""
+    if not key.startswith(("vit.", "classifier.")):
+        key = "vit." + key
+    for pattern, repl in _V5_RENAMES:
+        key = pattern.sub(repl, key)
+    return key
+
+
+def _to_ours(a: np.ndarray, kind: str) -> np.ndarray:
+    if kind == "linear":
+        return a.T
+    if kind == "conv":
+        return a.transpose(2, 3, 1, 0)  # OIHW -> HWIO
+    return a
+
+
+def _to_hf(a: np.ndarray, kind: str) -> np.ndarray:
+    if kind == "linear":
+        return a.T
+    if kind == "conv":
+        return a.transpose(3, 2, 0, 1)  # HWIO -> OIHW
+    return a
+
+
+def _flatten(d: dict, prefix: Path = ()) -> dict[Path, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, prefix + (k,)))
+        else:
+            out[prefix + (k,)] = v
+    return out
+
+
+def _unflatten(flat: dict[Path, Any]) -> dict:
+    out: dict = {}
+    for path, v in flat.items():
+        node = out
+        for k in path[:-1]:
+            node = node.setdefault(k, {})
+        node[path[-1]] = v
+    return out
+
+
+# ----------------------------------------------------------------------------- files
+def read_hf_checkpoint(path: str) -> tuple[dict[str, np.ndarray], dict | None]:
+    """(tensors, config) from a ``save_pretrained`` folder or a ``.safetensors`` file.
+
+    ``config.json`` is read from the folder (or the file's folder) when present, else None.
+    """
+    from safetensors.numpy import load_file
+
+    folder = path if os.path.isdir(path) else os.path.dirname(path)
+    if os.path.isdir(path):
+        single = os.path.join(path, "model.safetensors")
+        index = os.path.join(path, "model.safetensors.index.json")
+        if os.path.exists(single):
+            files = [single]
+        elif os.path.exists(index):
+            with open(index) as f:
+                files = sorted({os.path.join(path, v) for v in json.load(f)["weight_map"].values()})
+        else:
+            raise FileNotFoundError(f"no model.safetensors (or its index) in {path}")
+    else:
+        files = [path]
+    tensors: dict[str, np.ndarray] = {}
+    for file in files:
+        tensors.update(load_file(file))
+    config = None
+    cfg_path = os.path.join(folder, "config.json")
+    if os.path.exists(cfg_path):
+        with open(cfg_path) as f:
+            config = json.load(f)
+    return tensors, config
+
+
+def vit_kwargs_from_hf_config(config: dict) -> dict:
+    """``ViT(**kwargs)`` arguments reproducing an HF ``ViTConfig`` (a dict from config.json)."""
+    if config.get("hidden_act", "gelu") != "gelu":
+        raise ValueError(f"hidden_act {config['hidden_act']!r} is not supported (only 'gelu')")
+    if config.get("num_channels", 3) != 3:
+        raise ValueError(f"num_channels {config['num_channels']} is not supported (only 3)")
+    patch = config.get("patch_size", 16)
+    if isinstance(patch, (list, tuple)):
+        if patch[0] != patch[1]:
+            raise ValueError(f"non-square patch_size {patch} is not supported")
+        patch = patch[0]
+    dims = (patch, config.get("hidden_size", 768), config.get("num_hidden_layers", 12),
+            config.get("num_attention_heads", 12), config.get("intermediate_size", 3072))
+    variant = next((k for k, v in _VARIANTS.items() if v == dims), "B/16")
+    kwargs = dict(variant=variant, patch_size=dims[0], hidden_size=dims[1], num_layers=dims[2],
+                  num_heads=dims[3], mlp_dim=dims[4], image_size=config.get("image_size", 224),
+                  layer_norm_eps=config.get("layer_norm_eps", HF_LAYER_NORM_EPS),
+                  qkv_bias=config.get("qkv_bias", True),
+                  dropout=config.get("hidden_dropout_prob", 0.0),
+                  attention_dropout=config.get("attention_probs_dropout_prob", 0.0))
+    if "id2label" in config:
+        kwargs["num_classes"] = len(config["id2label"])
+    elif "num_labels" in config:
+        kwargs["num_classes"] = config["num_labels"]
+    return kwargs
+
+
+def _check_config(model: ViT, config: dict) -> list[str]:
+    problems = []
+    if config.get("hidden_act", "gelu") != "gelu":
+        problems.append(f"config hidden_act={config['hidden_act']!r}; this ViT uses exact gelu")
+    eps = config.get("layer_norm_eps", HF_LAYER_NORM_EPS)
+    if not np.isclose(eps, model.layer_norm_eps, rtol=1e-6, atol=0):
+        problems.append(f"config layer_norm_eps={eps} but the model uses "
+                        f"{model.layer_norm_eps} (build it with layer_norm_eps={eps})")
+    if config.get("num_channels", 3) != 3:
+        problems.append(f"config num_channels={config['num_channels']}; this ViT takes 3")
+    return problems
+
+
+# ----------------------------------------------------------------------------- import
+def load_hf_vit(model_or_state: ViT | nnx.State, path: str, *,
+                config: dict | None = None) -> nnx.State:
+    """Params (an ``nnx.State`` like ``nnx.state(model, nnx.Param)``) from an HF checkpoint.
+
+    ``model_or_state``: a ``ViT`` (concrete or from ``nnx.eval_shape``) or its param state;
+    the model itself is not changed -- apply with ``nnx.update(model, params)``. ``path``: a
+    ``save_pretrained`` folder or a ``.safetensors`` file. See the module docstring for the
+    head / position-embedding rules and the errors.
+    """
+    tensors, file_config = read_hf_checkpoint(path)
+    config = config if config is not None else file_config
+    model = model_or_state if isinstance(model_or_state, nnx.Module) else None
+    state = nnx.state(model, nnx.Param) if model is not None else model_or_state
+    target = _flatten(nnx.to_pure_dict(state))
+
+    table = {}
+    for p in target:
+        key, kind = hf_key(p)
+        table[key] = (p, kind)
+
+    problems: list[str] = []
+    if model is not None and config is not None:
+        problems += _check_config(model, config)
+    loaded: dict[Path, np.ndarray] = {}
+    unexpected, mismatched = [], []
+    head_kept = False
+    for raw_key, value in tensors.items():
+        key = normalize_hf_key(raw_key)
+        if any(p.search(key) for p in _IGNORED):
+            continue
+        if key not in table:
+            unexpected.append(raw_key)
+            continue
+        p, kind = table[key]
+        value = _to_ours(np.asarray(value), kind)
+        want = tuple(target[p].shape)
+        if p == ("position_embeddings",) and value.shape != want and value.shape[-1] == want[-1]:
+            value = np.asarray(resize_pos_embed(
+                value, _model_grid(model, want), old_grid=_ckpt_grid(config, value)))
+            logging.info("ViT import: position embeddings resized %s -> %s",
+                         tensors[raw_key].shape, want)
+        if value.shape != want:
+            if p[0] == "classifier":
+                head_kept = True
+                continue
+            mismatched.append(f"{raw_key}: checkpoint {tuple(tensors[raw_key].shape)} -> "
+                              f"{value.shape}, model {want}")
+            continue
+        loaded[p] = value.astype(target[p].dtype)
+
+    missing = [f"{'.'.join(map(str, p))} ({hf_key(p)[0]})" for p in target
+               if p not in loaded and not (head_kept and p[0] == "classifier")]
+    if missing and all(m.startswith("classifier.") for m in missing):
+        head_kept, missing = True, []  # headless checkpoint (ViTModel): keep the model's head
+    if missing:
+        problems.append("missing keys (model parameters the checkpoint lacks): "
+                        + ", ".join(missing))
+    if unexpected:
+        problems.append("unexpected keys (checkpoint tensors the model has no place for): "
+                        + ", ".join(sorted(unexpected)))
+    if mismatched:
+        problems.append("shape mismatches: " + "; ".join(mismatched))
+    if problems:
+        raise ValueError(f"cannot load Hugging Face ViT checkpoint {path}:\n  - "
+                         + "\n  - ".join(problems))
+
+    if head_kept:
+        for p in target:
+            if p[0] == "classifier":
+                if isinstance(target[p], jax.ShapeDtypeStruct):
+                    raise ValueError("the checkpoint's head does not fit the model and the "
+                                     "model is abstract: pass a concrete model to keep its "
+                                     "randomly initialised head")
+                loaded[p] = target[p]
+        logging.info("ViT import: checkpoint head does not fit %d classes; head kept random",
+                     target[("classifier", "kernel")].shape[-1])
+
+    new_state = jax.tree.map(lambda x: x, state)  # a copy: the model stays untouched
+    nnx.replace_by_pure_dict(new_state, _unflatten(loaded))
+    return new_state
+
+
+def _model_grid(model: ViT | None, want: tuple[int, ...]) -> tuple[int, int]:
+    if model is not None:
+        return tuple(model.grid)
+    side = int(round((want[1] - 1) ** 0.5))
+    return side, side
+
+
+def _ckpt_grid(config: dict | None, posemb: np.ndarray) -> tuple[int, int] | None:
+    if config is None:
+        return None
+    size, patch = config.get("image_size", 224), config.get("patch_size", 16)
+    size = size if isinstance(size, (list, tuple)) else (size, size)
+    patch = patch if isinstance(patch, (list, tuple)) else (patch, patch)
+    grid = (size[0] // patch[0], size[1] // patch[1])
+    return grid if grid[0] * grid[1] == posemb.shape[1] - 1 else None
+
+
+def create_vit_from_hf(path: str, num_classes: int | None = None, *, rngs: nnx.Rngs,
+                       **overrides) -> ViT:
+    """A ``ViT`` shaped by the checkpoint's ``config.json``, with its weights loaded.
+
+    ``num_classes`` (default: the checkpoint's) and ``overrides`` (e.g. ``image_size``,
+    ``dropout``, ``drop_path``, ``dtype``) replace the config's values.
+    """
+    _, config = read_hf_checkpoint(path)
+    if config is None:
+        raise FileNotFoundError(f"no config.json next to {path}")
+    kwargs = vit_kwargs_from_hf_config(config)
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    kwargs.update(overrides)
+    variant = kwargs.pop("variant")
+    model = ViT(variant, rngs=rngs, **kwargs)
+    nnx.update(model, load_hf_vit(model, path, config=config))
+    return model
+
+
+# ----------------------------------------------------------------------------- export
+def to_hf_state_dict(model_or_state: ViT | nnx.State) -> dict[str, np.ndarray]:
+    """Params in hub naming and PyTorch layouts (float arrays), e.g. for ``save_file``."""
+    state = (nnx.state(model_or_state, nnx.Param)
+             if isinstance(model_or_state, nnx.Module) else model_or_state)
+    out = {}
+    for p, v in _flatten(nnx.to_pure_dict(state)).items():
+        key, kind = hf_key(p)
+        out[key] = np.ascontiguousarray(_to_hf(np.asarray(v), kind))
+    return out
+
+
+def hf_config_for(model: ViT) -> dict:
+    """A ``config.json`` dict for ``ViTForImageClassification`` matching ``model``."""
+    block = model.encoder[0]
+    return {
+        "architectures": ["ViTForImageClassification"],
+        "model_type": "vit",
+        "hidden_size": model.num_features,
+        "num_hidden_layers": len(model.encoder),
+        "num_attention_heads": block.attention.num_heads,
+        "intermediate_size": block.intermediate.out_features,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.0,
+        "attention_probs_dropout_prob": 0.0,
+        "initializer_range": 0.02,
+        "layer_norm_eps": model.layer_norm_eps,
+        "image_size": list(model.image_size) if model.image_size[0] != model.image_size[1]
+        else model.image_size[0],
+        "patch_size": model.patch_size,
+        "num_channels": 3,
+        "qkv_bias": block.attention.query.bias is not None,
+        "id2label": {str(i): f"LABEL_{i}" for i in range(model.num_classes)},
+        "label2id": {f"LABEL_{i}": i for i in range(model.num_classes)},
+    }
+
+
+def save_hf_vit(model: ViT, folder: str) -> None:
+    """Write ``model.safetensors`` + ``config.json`` as ``save_pretrained`` would."""
+    from safetensors.numpy import save_file
+
+    os.makedirs(folder, exist_ok=True)
+    save_file(to_hf_state_dict(model), os.path.join(folder, "model.safetensors"),
+              metadata={"format": "pt"})
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump(hf_config_for(model), f, indent=2)
