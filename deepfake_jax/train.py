@@ -167,11 +167,12 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, graphdef, tx, 
     labels = batch["label"]
     # Dropout / stochastic depth keys: a function of (seed, step) only, so a resumed run and
     # any device count draw the same masks.
-    rngs = nnx.Rngs(dropout=jax.random.fold_in(jax.random.key(seed), state.step))
+    dropout_key = jax.random.fold_in(jax.random.key(seed), state.step)
 
     def loss_fn(params):
         model = nnx.merge(graphdef, params, state.batch_stats)
-        logits = model(images, train=True, rngs=rngs)
+        # Built inside the differentiated function: nnx.Rngs may not cross trace levels.
+        logits = model(images, train=True, rngs=nnx.Rngs(dropout=dropout_key))
         loss, scores = loss_and_scores(logits.astype(jnp.float32), labels)
         new_batch_stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
         return loss.mean(), (scores, new_batch_stats)
