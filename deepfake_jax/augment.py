@@ -73,3 +73,49 @@ def train_view(
     image = random_crop(image, crop_size, rng)
     image = random_flip(image, rng, flip_prob)
     return np.ascontiguousarray(image)
+
+
+# ----------------------------------------------------------------------------- corruptions
+# Real-world degradations for robustness evaluation (and later for training augmentation).
+# Levels: jpeg = quality (1-100), blur = Gaussian sigma in px, resize = scale factor (down,
+# then back up to the original size), noise = Gaussian sigma as a fraction of 255.
+
+CORRUPTIONS = ("jpeg", "blur", "resize", "noise")
+
+
+def jpeg_recompress(image: np.ndarray, quality: float) -> np.ndarray:
+    ok, buf = cv2.imencode(".jpg", image[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise RuntimeError("OpenCV failed to JPEG-encode an image")
+    return cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1]
+
+
+def gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
+    return cv2.GaussianBlur(image, (0, 0), sigmaX=float(sigma), sigmaY=float(sigma))
+
+
+def resize_round_trip(image: np.ndarray, scale: float) -> np.ndarray:
+    h, w = image.shape[:2]
+    small = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))),
+                       interpolation=cv2.INTER_AREA)
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def gaussian_noise(image: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
+    noisy = image.astype(np.float32) + rng.normal(0.0, sigma * 255.0, image.shape)
+    return np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
+
+
+def corrupt(image: np.ndarray, kind: str, level: float, rng: np.random.Generator) -> np.ndarray:
+    """Applies one named corruption; uint8 RGB in, uint8 RGB of the same shape out."""
+    if kind == "jpeg":
+        out = jpeg_recompress(image, level)
+    elif kind == "blur":
+        out = gaussian_blur(image, level)
+    elif kind == "resize":
+        out = resize_round_trip(image, level)
+    elif kind == "noise":
+        out = gaussian_noise(image, level, rng)
+    else:
+        raise ValueError(f"unknown corruption {kind!r}; choose from {', '.join(CORRUPTIONS)}")
+    return np.ascontiguousarray(out)

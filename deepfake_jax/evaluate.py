@@ -2,7 +2,7 @@
 
     python -m deepfake_jax.evaluate --workdir runs/demo [--checkpoint latest|best|STEP]
         [--use_ema|--nouse_ema] [--split test] [--data DIR --data DIR2 ...]
-        [--threshold_method eer|max_f1|fixed] [--bootstrap 1000]
+        [--threshold_method eer|max_f1|fixed] [--bootstrap 1000] [--robustness]
 
 The threshold is chosen on the validation split of the run's own training data and applied
 unchanged to every evaluated split (cross-dataset included). Each dataset/split gets
@@ -34,6 +34,7 @@ flags.DEFINE_multi_string("data", None, "Converted dataset folders (default: the
 flags.DEFINE_enum("threshold_method", None, ["eer", "max_f1", "fixed"],
                   "How validation picks the threshold (default: the run's config.eval).")
 flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples for 95% intervals (0: none).")
+flags.DEFINE_bool("robustness", False, "Also sweep JPEG/blur/resize/noise corruptions.")
 
 
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:
@@ -76,8 +77,8 @@ def restore_state(config, workdir: str, checkpoint: str, mesh):
 def evaluate_checkpoint(workdir: str, *, checkpoint: str = "latest", use_ema: bool | None = None,
                         split: str = "test", data: list[str] | None = None,
                         threshold_method: str | None = None, bootstrap: int = 1000,
-                        devices: list | None = None, show_progress: bool = False
-                        ) -> dict[str, dict[str, Any]]:
+                        devices: list | None = None, show_progress: bool = False,
+                        robustness: bool = False) -> dict[str, dict[str, Any]]:
     """Returns {dataset name: metrics of `split`}; writes the reports under workdir/eval/."""
     workdir = os.path.abspath(workdir)
     config = load_run_config(workdir)
@@ -107,6 +108,12 @@ def evaluate_checkpoint(workdir: str, *, checkpoint: str = "latest", use_ema: bo
             bootstrap=bootstrap, show_progress=show_progress,
         )
         results[name] = out[split]
+        if robustness:
+            rows = evaluators.robustness_sweep(
+                evals[use_ema], state, mesh, preprocess, batch_size,
+                records.split_files(data_dir, split), out[split]["threshold"],
+                os.path.join(workdir, "eval", name, split), show_progress=show_progress)
+            results[name]["robustness"] = rows
     return results
 
 
@@ -131,8 +138,12 @@ def main(argv):
     results = evaluate_checkpoint(
         FLAGS.workdir, checkpoint=FLAGS.checkpoint, use_ema=FLAGS.use_ema, split=FLAGS.split,
         data=FLAGS.data, threshold_method=FLAGS.threshold_method, bootstrap=FLAGS.bootstrap,
-        show_progress=True)
+        show_progress=True, robustness=FLAGS.robustness)
     print(summary_table(results))
+    for name, m in results.items():
+        if "robustness" in m:
+            print(f"\nrobustness of {name}/{m['split']} (threshold {m['threshold']:.4f}):")
+            print(evaluators.format_robustness(m["robustness"]))
 
 
 if __name__ == "__main__":

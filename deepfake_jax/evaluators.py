@@ -7,6 +7,7 @@ The trainer's end-of-training evaluation and `python -m deepfake_jax.evaluate` b
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -96,3 +97,70 @@ def evaluate_splits(eval_fn, state, mesh, preprocess, batch_size: int, *,
             write_predictions_csv(os.path.join(split_dir, "predictions.csv"), preds,
                                   input_pipeline.read_metadata(files), threshold)
     return results
+
+
+# The sweep of the evaluation issue: what re-sharing a face image on the internet does to it.
+ROBUSTNESS_LEVELS: dict[str, tuple[float, ...]] = {
+    "jpeg": (95, 75, 50, 30),
+    "blur": (1, 2, 3),
+    "resize": (0.5, 0.75),
+    "noise": (0.02, 0.05),
+}
+
+
+def robustness_sweep(eval_fn, state, mesh, preprocess, batch_size: int, files: list[str],
+                     threshold: float, out_dir: str,
+                     levels: dict[str, tuple[float, ...]] | None = None,
+                     show_progress: bool = False) -> list[dict[str, Any]]:
+    """Metrics of one split under each corruption level, at the clean validation threshold.
+
+    Writes `<out_dir>/robustness.json` and `robustness.png` (ROC AUC and accuracy vs level).
+    """
+    levels = levels or ROBUSTNESS_LEVELS
+    settings = [("none", 0.0)] + [(k, v) for k, vs in levels.items() for v in vs]
+    rows = []
+    for kind, level in settings:
+        pre = dataclasses.replace(preprocess, corruption=None if kind == "none" else (kind, level))
+        label = f"robustness {kind} {level:g}" if show_progress else None
+        preds = predict_split(eval_fn, state, mesh, files, pre, batch_size, label)
+        m = metrics.binary_metrics(preds["label"], preds["p_fake"], threshold)
+        rows.append({"corruption": kind, "level": level,
+                     **{k: m[k] for k in ("roc_auc", "accuracy", "eer", "average_precision",
+                                          "recall", "precision")}})
+    if jax.process_index() == 0:
+        os.makedirs(out_dir, exist_ok=True)
+        metrics.write_json({"threshold": threshold, "rows": rows},
+                           os.path.join(out_dir, "robustness.json"))
+        _plot_robustness(rows, os.path.join(out_dir, "robustness.png"))
+    return rows
+
+
+def _plot_robustness(rows: list[dict[str, Any]], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    clean = rows[0]
+    kinds = [k for k in ROBUSTNESS_LEVELS if any(r["corruption"] == k for r in rows)]
+    fig, axes = plt.subplots(1, len(kinds), figsize=(3.2 * len(kinds), 3.2), squeeze=False)
+    for ax, kind in zip(axes[0], kinds, strict=True):
+        sub = [r for r in rows if r["corruption"] == kind]
+        xs = [str(r["level"]) for r in sub]
+        for key, style in (("roc_auc", "o-"), ("accuracy", "s--")):
+            ax.plot(xs, [r[key] for r in sub], style, label=key)
+            ax.axhline(clean[key], color="gray", lw=0.8, ls=":")
+        ax.set(title=kind, xlabel="level", ylim=(0.4, 1.01))
+    axes[0][0].legend(loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def format_robustness(rows: list[dict[str, Any]]) -> str:
+    lines = [f"{'corruption':12s} {'level':>6s} {'roc_auc':>8s} {'accuracy':>8s} {'eer':>8s}"]
+    for r in rows:
+        auc = f"{r['roc_auc']:8.4f}" if r["roc_auc"] is not None else f"{'-':>8s}"
+        eer = f"{r['eer']:8.4f}" if r["eer"] is not None else f"{'-':>8s}"
+        lines.append(f"{r['corruption']:12s} {r['level']:6g} {auc} {r['accuracy']:8.4f} {eer}")
+    return "\n".join(lines)

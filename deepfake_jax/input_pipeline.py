@@ -29,6 +29,9 @@ class Preprocess:
     crop_size: int
     resize_to: int | None = None
     flip_prob: float = 0.5
+    # Eval only: (kind, level) applied to the full decoded image before the eval view, as a
+    # degradation of the file itself would be (see augment.corrupt).
+    corruption: tuple[str, float] | None = None
 
     @classmethod
     def from_config(cls, input_config: Any) -> Preprocess:
@@ -62,6 +65,10 @@ class _EvalTransform(grain.transforms.Map):
     def map(self, element: tuple[int, bytes]) -> dict[str, np.ndarray]:
         index, raw = element
         image, record = _decode(raw)
+        if self.preprocess.corruption:
+            kind, level = self.preprocess.corruption
+            rng = np.random.default_rng([index, 0xC0FFEE])  # the same noise on every run
+            image = augment.corrupt(image, kind, level, rng)
         image = augment.eval_view(image, self.preprocess.crop_size, self.preprocess.resize_to)
         return {"image": image, "label": np.int32(record["label"]), "index": np.int32(index),
                 "mask": np.float32(1.0)}

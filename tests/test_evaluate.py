@@ -61,3 +61,27 @@ def test_checkpoint_choice(trained_workdir):
         evaluate.evaluate_checkpoint(workdir, checkpoint="12345", bootstrap=0)
     with pytest.raises(FileNotFoundError, match="no config.json"):
         evaluate.evaluate_checkpoint(os.path.dirname(workdir), bootstrap=0)
+
+
+def test_robustness_sweep_writes_a_table_and_plot(trained_workdir, tiny_dataset):
+    from deepfake_jax import evaluators, input_pipeline, records, sharding
+
+    workdir, summary = trained_workdir
+    config = evaluate.load_run_config(workdir)
+    mesh = sharding.make_mesh(None)
+    graphdef, state, _ = evaluate.restore_state(config, workdir, "latest", mesh)
+    evals = train.make_eval_steps(config, mesh, graphdef,
+                                  jax.tree.map(lambda x: x.sharding, state))
+    out = os.path.join(workdir, "robustness_test")
+    rows = evaluators.robustness_sweep(
+        evals[True], state, mesh, input_pipeline.Preprocess.from_config(config.input), 16,
+        records.split_files(tiny_dataset, "test"), summary["eval"]["test"]["threshold"], out,
+        levels={"jpeg": (50,), "blur": (3,)})
+    assert [(r["corruption"], r["level"]) for r in rows] == [("none", 0.0), ("jpeg", 50),
+                                                              ("blur", 3)]
+    assert rows[0]["roc_auc"] == pytest.approx(summary["eval"]["test"]["roc_auc"], abs=1e-6)
+    assert rows[2]["roc_auc"] != rows[0]["roc_auc"], "the corruption reached the model"
+    with open(os.path.join(out, "robustness.json")) as f:
+        assert len(json.load(f)["rows"]) == 3
+    assert os.path.getsize(os.path.join(out, "robustness.png")) > 1000
+    assert "blur" in evaluators.format_robustness(rows)

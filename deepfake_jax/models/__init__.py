@@ -60,6 +60,25 @@ def _make_vit(*, num_classes: int, rngs: nnx.Rngs, variant: str = "B/16", **kwar
 register_model("vit", _make_vit)
 
 
+def _lazy_family(module: str, cls: str, default_variant: str) -> ModelFactory:
+    """A factory importing its module on first use (keeps `import deepfake_jax` light)."""
+
+    def make(*, num_classes: int, rngs: nnx.Rngs, variant: str = default_variant, **kwargs):
+        import importlib
+
+        family = getattr(importlib.import_module(f"deepfake_jax.models.{module}"), cls)
+        return family(variant, num_classes, rngs=rngs, **kwargs)
+
+    return make
+
+
+# The seed projects' baselines. SmallCNN has a Flatten: pass image_size = the crop size.
+register_model("cnn", _lazy_family("cnn", "SmallCNN", "seed"))
+register_model("vgg", _lazy_family("vgg", "VGG", "16"))
+register_model("densenet", _lazy_family("densenet", "DenseNet", "121"))
+register_model("xception", _lazy_family("xception", "Xception", "standard"))
+
+
 def count_params(model: nnx.Module) -> int:
     """Number of scalar entries in the model's ``nnx.Param`` variables (not batch stats).
 

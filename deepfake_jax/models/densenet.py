@@ -1,0 +1,201 @@
+"""DenseNet family (torchvision architecture) in ``flax.nnx``.
+
+Variants: ``"121"`` (growth 32, blocks (6, 12, 24, 16), 64 initial features), ``"169"``
+(6, 12, 32, 32), ``"201"`` (6, 12, 48, 32), ``"161"`` (growth 48, (6, 12, 36, 24), 96
+initial features) and ``"tiny"`` (growth 8, (2, 2, 2, 2), 16 initial features; tests only).
+
+Architecture exactly as torchvision ``densenet121``: 7x7/2 conv (no bias, padding 3) + BN +
+ReLU + 3x3/2 max-pool (padding 1); dense blocks of layers BN-ReLU-Conv1x1(bn_size * growth,
+bn_size 4)-BN-ReLU-Conv3x3(growth, padding 1), each layer's output concatenated to its input
+(channels-last concat); transitions BN-ReLU-Conv1x1(compression 0.5)-AvgPool(2x2/2); final
+BN (``norm5``), ReLU, global average pool, Linear with bias. Every conv is bias-free.
+No dropout (torchvision ``drop_rate=0``). BatchNorm: epsilon 1e-5, flax momentum 0.9 ==
+torch momentum 0.1. Init: conv kaiming-normal (fan_in, ReLU gain), BN 1/0, Linear with
+torch's default uniform weight and zero bias.
+
+Parameter counts (``nnx.Param``, num_classes=1000, verified in tests): densenet121
+7,978,856 == torchvision ``densenet121`` == Keras ``DenseNet121`` *trainable* params.
+Keras reports 8,062,504 in total because it also counts the BN moving mean/variance
+(83,648 values, non-trainable); here those are ``nnx.BatchStat`` and Param + BatchStat is
+8,062,504 too (tests check both). densenet169 14,149,480; densenet201 20,013,928;
+densenet161 28,681,000. (Keras' DenseNet uses BN epsilon 1.001e-5; this follows torchvision.)
+
+Torchvision ``state_dict`` key -> nnx state path (strip the ``features.`` prefix)::
+
+    features.conv0.weight                 -> conv0.kernel   (OIHW -> HWIO: transpose 2,3,1,0)
+    features.norm0.*                      -> norm0.*        (weight,bias -> scale,bias;
+                                                             running_mean,var -> mean,var)
+    features.denseblockB.denselayerL.{norm1,conv1,norm2,conv2}.*
+                                          -> denseblockB.{L-1}.{norm1,conv1,norm2,conv2}.*
+    features.transitionT.{norm,conv}.*    -> transitionT.{norm,conv}.*
+    features.norm5.*                      -> norm5.*
+    classifier.{weight,bias}              -> classifier.{kernel (transposed),bias}
+
+Freezing groups: ``DenseNet.HEAD_MODULES`` (``("classifier",)``) are the head, everything else
+the backbone; see ``head_filter`` / ``backbone_filter``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from deepfake_jax.models import layers
+from deepfake_jax.models.layers import cpu_friendly_conv
+
+_conv_init = nnx.initializers.variance_scaling(2.0, "fan_in", "normal")
+
+# variant -> (growth rate, layers per block, initial features)
+_VARIANTS: dict[str, tuple[int, tuple[int, ...], int]] = {
+    "tiny": (8, (2, 2, 2, 2), 16),
+    "121": (32, (6, 12, 24, 16), 64),
+    "169": (32, (6, 12, 32, 32), 64),
+    "201": (32, (6, 12, 48, 32), 64),
+    "161": (48, (6, 12, 36, 24), 96),
+}
+VARIANTS: tuple[str, ...] = tuple(_VARIANTS)
+
+_BN_EPS = 1e-5
+_BN_SIZE = 4
+
+
+def _conv(cin, cout, k, stride, pad, *, rngs, dtype, param_dtype) -> nnx.Conv:
+    return nnx.Conv(
+        cin, cout, kernel_size=(k, k), strides=(stride, stride),
+        padding=((pad, pad), (pad, pad)), use_bias=False, kernel_init=_conv_init,
+        conv_general_dilated=cpu_friendly_conv, dtype=dtype, param_dtype=param_dtype,
+        rngs=rngs,
+    )
+
+
+def _bn(c, *, rngs, dtype, param_dtype, momentum) -> nnx.BatchNorm:
+    return nnx.BatchNorm(c, momentum=momentum, epsilon=_BN_EPS, dtype=dtype,
+                         param_dtype=param_dtype, rngs=rngs)
+
+
+class DenseLayer(nnx.Module):
+    """BN-ReLU-Conv1x1-BN-ReLU-Conv3x3; returns only the ``growth`` new channels."""
+
+    def __init__(self, cin, growth, *, rngs, dtype, param_dtype, momentum):
+        ckw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+        mid = _BN_SIZE * growth
+        self.norm1 = _bn(cin, momentum=momentum, **ckw)
+        self.conv1 = _conv(cin, mid, 1, 1, 0, **ckw)
+        self.norm2 = _bn(mid, momentum=momentum, **ckw)
+        self.conv2 = _conv(mid, growth, 3, 1, 1, **ckw)
+
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        ura = not train
+        y = self.conv1(jax.nn.relu(self.norm1(x, use_running_average=ura)))
+        return self.conv2(jax.nn.relu(self.norm2(y, use_running_average=ura)))
+
+
+class Transition(nnx.Module):
+    """BN-ReLU-Conv1x1 (halving the channels) then 2x2/2 average pool."""
+
+    def __init__(self, cin, cout, *, rngs, dtype, param_dtype, momentum):
+        ckw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+        self.norm = _bn(cin, momentum=momentum, **ckw)
+        self.conv = _conv(cin, cout, 1, 1, 0, **ckw)
+
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        x = self.conv(jax.nn.relu(self.norm(x, use_running_average=not train)))
+        return nnx.avg_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+
+
+class DenseNet(nnx.Module):
+    """torchvision-compatible DenseNet. See the module docstring for the parameter naming."""
+
+    HEAD_MODULES: ClassVar[tuple[str, ...]] = ("classifier",)
+
+    def __init__(
+        self,
+        variant: str = "121",
+        num_classes: int = 1,
+        *,
+        rngs: nnx.Rngs,
+        dtype: Any = jnp.float32,
+        param_dtype: Any = jnp.float32,
+        bn_momentum: float = 0.9,
+        input_transform: str | None = None,
+    ):
+        variant = str(variant)
+        if variant not in _VARIANTS:
+            raise ValueError(
+                f"Unknown DenseNet variant {variant!r}; valid variants: {', '.join(VARIANTS)}"
+            )
+        growth, block_layers, init_features = _VARIANTS[variant]
+        self.variant = variant
+        self.num_classes = num_classes
+        self.dtype = dtype
+        self.input_transform = input_transform
+        layers.input_transform(input_transform)  # fails early on an unknown name
+
+        ckw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+        bkw = dict(ckw, momentum=bn_momentum)
+        self.conv0 = _conv(3, init_features, 7, 2, 3, **ckw)
+        self.norm0 = _bn(init_features, **bkw)
+        c = init_features
+        self.num_blocks = len(block_layers)
+        for b, n in enumerate(block_layers, start=1):
+            block = []
+            for i in range(n):
+                block.append(DenseLayer(c + i * growth, growth, **bkw))
+            setattr(self, f"denseblock{b}", nnx.List(block))
+            c += n * growth
+            if b != len(block_layers):
+                setattr(self, f"transition{b}", Transition(c, c // 2, **bkw))
+                c //= 2
+        self.norm5 = _bn(c, **bkw)
+        self.num_features = c
+        self.classifier = nnx.Linear(
+            c, num_classes, use_bias=True,
+            # torch nn.Linear default weight U(+-1/sqrt(fan_in)); torchvision zeroes the bias.
+            kernel_init=nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform"),
+            bias_init=nnx.initializers.zeros_init(), **ckw,
+        )
+
+    # ----------------------------------------------------------------- forward
+    def feature_map(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        """After ``norm5`` and ReLU (B, H/32, W/32, C) -- e.g. for Grad-CAM."""
+        ura = not train
+        x = layers.input_transform(self.input_transform)(jnp.asarray(x, self.dtype))
+        x = jax.nn.relu(self.norm0(self.conv0(x), use_running_average=ura))
+        # torch MaxPool2d(3, 2, padding=1): the padding never wins (it is -inf).
+        x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        for b in range(1, self.num_blocks + 1):
+            feats = [x]
+            for layer in getattr(self, f"denseblock{b}"):
+                feats.append(layer(jnp.concatenate(feats, axis=-1), train=train))
+            x = jnp.concatenate(feats, axis=-1)
+            if b != self.num_blocks:
+                x = getattr(self, f"transition{b}")(x, train=train)
+        return jax.nn.relu(self.norm5(x, use_running_average=ura))
+
+    def features(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        """Globally average-pooled features (B, C)."""
+        return jnp.mean(self.feature_map(x, train=train), axis=(1, 2))
+
+    def head(self, feats: jax.Array) -> jax.Array:
+        """Classifier head on pooled features (B, C) -> logits (B, num_classes)."""
+        return self.classifier(feats)
+
+    def __call__(self, x: jax.Array, *, train: bool = False, rngs: nnx.Rngs | None = None
+                 ) -> jax.Array:
+        del rngs  # no stochastic layers; accepted so every family has the same call signature
+        return self.head(self.features(x, train=train))
+
+    # ------------------------------------------------------------ param groups
+    @classmethod
+    def head_filter(cls) -> Callable[[tuple, Any], bool]:
+        """nnx filter matching variables of the head (``classifier``)."""
+        return lambda path, _x: len(path) > 0 and path[0] in cls.HEAD_MODULES
+
+    @classmethod
+    def backbone_filter(cls) -> Callable[[tuple, Any], bool]:
+        """nnx filter matching everything that is not the head."""
+        return lambda path, _x: len(path) > 0 and path[0] not in cls.HEAD_MODULES

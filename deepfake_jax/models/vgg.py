@@ -1,0 +1,183 @@
+"""VGG family (torchvision / Keras architecture) in ``flax.nnx``.
+
+Variants ``"11"``, ``"13"``, ``"16"``, ``"19"`` (configurations A, B, D, E of Simonyan &
+Zisserman 2015) and ``"tiny"`` (widths 8-32, hidden 64, 2x2 pooled map; for tests only).
+``batch_norm=True`` gives torchvision's ``vgg*_bn`` (BN after every conv, conv bias kept).
+
+Architecture, as torchvision ``vgg16``: 3x3 convs (padding 1, *with* bias) + ReLU, 2x2/2 max
+pools after each block, ``AdaptiveAvgPool2d((7, 7))``, Flatten, Linear(4096) + ReLU +
+Dropout(0.5), Linear(4096) + ReLU + Dropout(0.5), Linear(num_classes). The adaptive pool
+uses torch's bins (``[floor(i*n/7), ceil((i+1)*n/7))``), so any input >= 32 px works; at
+224 px the map is already 7x7 and the pool is the identity, which makes the network equal to
+Keras ``VGG16(include_top=True)`` as well (Keras has no pool there and needs 224 px).
+
+Parameter counts (num_classes=1000, verified in tests): vgg11 132,863,336; vgg13
+133,047,848; vgg16 138,357,544 (== torchvision ``vgg16`` == Keras ``VGG16``); vgg19
+143,667,240; ``_bn`` variants add 2 x (sum of conv widths): vgg16_bn 138,365,992.
+BatchNorm (``batch_norm=True``): torchvision's epsilon 1e-5, flax momentum 0.9 == torch 0.1.
+
+Init as torchvision: conv kaiming-normal (fan_out, ReLU gain), zero bias; Linear N(0, 0.01),
+zero bias; BN scale 1, bias 0.
+
+Parameter names (Keras names; block ``b`` = 1..5, conv ``i`` within the block)::
+
+    block{b}_conv{i}.{kernel,bias}   torchvision features.{j}.{weight,bias} (OIHW -> HWIO),
+                                     Keras block{b}_conv{i}
+    block{b}_bn{i}.{scale,bias,mean,var}  (batch_norm=True only) torchvision features.{j+1}
+    fc1.{kernel,bias}                torchvision classifier.0 (weight transposed; its input
+                                     rows are in torch's (C, 7, 7) flatten order, reorder to
+                                     (7, 7, C)), Keras fc1 (as is)
+    fc2.{kernel,bias}                torchvision classifier.3, Keras fc2
+    predictions.{kernel,bias}        torchvision classifier.6, Keras predictions
+
+Freezing groups: ``VGG.HEAD_MODULES`` (``("fc1", "fc2", "predictions")``: the whole
+classifier, which Keras ``include_top=False`` transfer learning replaces) are the head, the
+conv blocks the backbone; see ``head_filter`` / ``backbone_filter``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from deepfake_jax.models import layers
+from deepfake_jax.models.layers import cpu_friendly_conv
+
+_conv_init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
+_linear_init = nnx.initializers.normal(0.01)
+_zeros = nnx.initializers.zeros_init()
+
+# variant -> (conv widths per block, classifier hidden width, adaptive pool size)
+_VARIANTS: dict[str, tuple[tuple[tuple[int, ...], ...], int, int]] = {
+    "tiny": (((8,), (16,), (32,), (32,), (32,)), 64, 2),
+    "11": (((64,), (128,), (256, 256), (512, 512), (512, 512)), 4096, 7),
+    "13": (((64, 64), (128, 128), (256, 256), (512, 512), (512, 512)), 4096, 7),
+    "16": (((64, 64), (128, 128), (256,) * 3, (512,) * 3, (512,) * 3), 4096, 7),
+    "19": (((64, 64), (128, 128), (256,) * 4, (512,) * 4, (512,) * 4), 4096, 7),
+}
+VARIANTS: tuple[str, ...] = tuple(_VARIANTS)
+
+_BN_EPS = 1e-5
+
+
+def adaptive_pool_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) averaging matrix with torch ``AdaptiveAvgPool`` bins."""
+    m = np.zeros((n_out, n_in), np.float32)
+    for i in range(n_out):
+        start = (i * n_in) // n_out
+        end = -((-(i + 1) * n_in) // n_out)  # ceil
+        m[i, start:end] = 1.0 / (end - start)
+    return m
+
+
+def adaptive_avg_pool(x: jax.Array, size: int) -> jax.Array:
+    """torch ``AdaptiveAvgPool2d((size, size))`` on NHWC (identity if already that size)."""
+    h, w = x.shape[1], x.shape[2]
+    if (h, w) == (size, size):
+        return x
+    ph = jnp.asarray(adaptive_pool_matrix(h, size), x.dtype)
+    pw = jnp.asarray(adaptive_pool_matrix(w, size), x.dtype)
+    return jnp.einsum("ih,jw,bhwc->bijc", ph, pw, x)
+
+
+class VGG(nnx.Module):
+    """torchvision/Keras-compatible VGG. See the module docstring for the parameter naming."""
+
+    HEAD_MODULES: ClassVar[tuple[str, ...]] = ("fc1", "fc2", "predictions")
+
+    def __init__(
+        self,
+        variant: str = "16",
+        num_classes: int = 1,
+        *,
+        rngs: nnx.Rngs,
+        batch_norm: bool = False,
+        dropout: float = 0.5,
+        dtype: Any = jnp.float32,
+        param_dtype: Any = jnp.float32,
+        bn_momentum: float = 0.9,
+        input_transform: str | None = None,
+    ):
+        variant = str(variant)
+        if variant not in _VARIANTS:
+            raise ValueError(
+                f"Unknown VGG variant {variant!r}; valid variants: {', '.join(VARIANTS)}"
+            )
+        blocks, hidden, pool = _VARIANTS[variant]
+        self.variant = variant
+        self.num_classes = num_classes
+        self.batch_norm = batch_norm
+        self.pool_size = pool
+        self.dtype = dtype
+        self.input_transform = input_transform
+        layers.input_transform(input_transform)  # fails early on an unknown name
+
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        cin = 3
+        names = []
+        for b, widths in enumerate(blocks, start=1):
+            block = []
+            for i, cout in enumerate(widths, start=1):
+                setattr(self, f"block{b}_conv{i}", nnx.Conv(
+                    cin, cout, kernel_size=(3, 3), strides=(1, 1), padding=((1, 1), (1, 1)),
+                    use_bias=True, kernel_init=_conv_init, bias_init=_zeros,
+                    conv_general_dilated=cpu_friendly_conv, **kw,
+                ))
+                if batch_norm:
+                    setattr(self, f"block{b}_bn{i}", nnx.BatchNorm(
+                        cout, momentum=bn_momentum, epsilon=_BN_EPS, **kw))
+                block.append(i)
+                cin = cout
+            names.append(tuple(block))
+        self._blocks = tuple(names)  # static: conv indices per block
+        self.num_features = cin * pool * pool
+        lkw = dict(kernel_init=_linear_init, bias_init=_zeros, **kw)
+        self.fc1 = nnx.Linear(self.num_features, hidden, **lkw)
+        self.fc2 = nnx.Linear(hidden, hidden, **lkw)
+        self.predictions = nnx.Linear(hidden, num_classes, **lkw)
+        self.dropout = nnx.Dropout(dropout, rngs=None)
+
+    # ----------------------------------------------------------------- forward
+    def feature_map(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        """Last conv block's output after its max-pool (B, H/32, W/32, C)."""
+        x = layers.input_transform(self.input_transform)(jnp.asarray(x, self.dtype))
+        for b, convs in enumerate(self._blocks, start=1):
+            for i in convs:
+                x = getattr(self, f"block{b}_conv{i}")(x)
+                if self.batch_norm:
+                    x = getattr(self, f"block{b}_bn{i}")(x, use_running_average=not train)
+                x = jax.nn.relu(x)
+            x = nnx.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+        return x
+
+    def features(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        """Adaptive-average-pooled and flattened features (B, C * pool * pool), NHWC order."""
+        x = adaptive_avg_pool(self.feature_map(x, train=train), self.pool_size)
+        return x.reshape(x.shape[0], -1)
+
+    def head(self, feats: jax.Array, *, train: bool = False,
+             rngs: nnx.Rngs | None = None) -> jax.Array:
+        """fc1 -> ReLU -> Dropout -> fc2 -> ReLU -> Dropout -> predictions."""
+        x = self.dropout(jax.nn.relu(self.fc1(feats)), deterministic=not train, rngs=rngs)
+        x = self.dropout(jax.nn.relu(self.fc2(x)), deterministic=not train, rngs=rngs)
+        return self.predictions(x)
+
+    def __call__(self, x: jax.Array, *, train: bool = False, rngs: nnx.Rngs | None = None
+                 ) -> jax.Array:
+        return self.head(self.features(x, train=train), train=train, rngs=rngs)
+
+    # ------------------------------------------------------------ param groups
+    @classmethod
+    def head_filter(cls) -> Callable[[tuple, Any], bool]:
+        """nnx filter matching variables of the head (``HEAD_MODULES``)."""
+        return lambda path, _x: len(path) > 0 and path[0] in cls.HEAD_MODULES
+
+    @classmethod
+    def backbone_filter(cls) -> Callable[[tuple, Any], bool]:
+        """nnx filter matching everything that is not the head."""
+        return lambda path, _x: len(path) > 0 and path[0] not in cls.HEAD_MODULES
