@@ -38,7 +38,6 @@ classifier) are the head, the convs the backbone; see ``head_filter`` / ``backbo
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, ClassVar
 
 import jax
@@ -46,7 +45,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from deepfake_jax.models import layers
-from deepfake_jax.models.layers import cpu_friendly_conv
+from deepfake_jax.models.layers import ParamGroups, cpu_friendly_conv
 
 # variant -> (conv filters, dense width)
 _VARIANTS: dict[str, tuple[tuple[int, int, int], int]] = {
@@ -72,7 +71,7 @@ def flat_size(image_size: int | tuple[int, int]) -> tuple[int, int]:
     return h3, w3
 
 
-class SmallCNN(nnx.Module):
+class SmallCNN(ParamGroups, nnx.Module):
     """The seeds' Keras baseline CNN. See the module docstring for names and counts."""
 
     HEAD_MODULES: ClassVar[tuple[str, ...]] = ("dense1", "dense2")
@@ -152,13 +151,3 @@ class SmallCNN(nnx.Module):
                  ) -> jax.Array:
         return self.head(self.features(x, train=train), train=train, rngs=rngs)
 
-    # ------------------------------------------------------------ param groups
-    @classmethod
-    def head_filter(cls) -> Callable[[tuple, Any], bool]:
-        """nnx filter matching variables of the head (``HEAD_MODULES``)."""
-        return lambda path, _x: len(path) > 0 and path[0] in cls.HEAD_MODULES
-
-    @classmethod
-    def backbone_filter(cls) -> Callable[[tuple, Any], bool]:
-        """nnx filter matching everything that is not the head."""
-        return lambda path, _x: len(path) > 0 and path[0] not in cls.HEAD_MODULES

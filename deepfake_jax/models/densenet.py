@@ -37,7 +37,6 @@ the backbone; see ``head_filter`` / ``backbone_filter``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, ClassVar
 
 import jax
@@ -45,7 +44,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from deepfake_jax.models import layers
-from deepfake_jax.models.layers import cpu_friendly_conv
+from deepfake_jax.models.layers import ParamGroups, cpu_friendly_conv
 
 _conv_init = nnx.initializers.variance_scaling(2.0, "fan_in", "normal")
 
@@ -107,7 +106,7 @@ class Transition(nnx.Module):
         return nnx.avg_pool(x, (2, 2), strides=(2, 2), padding="VALID")
 
 
-class DenseNet(nnx.Module):
+class DenseNet(ParamGroups, nnx.Module):
     """torchvision-compatible DenseNet. See the module docstring for the parameter naming."""
 
     HEAD_MODULES: ClassVar[tuple[str, ...]] = ("classifier",)
@@ -189,13 +188,3 @@ class DenseNet(nnx.Module):
         del rngs  # no stochastic layers; accepted so every family has the same call signature
         return self.head(self.features(x, train=train))
 
-    # ------------------------------------------------------------ param groups
-    @classmethod
-    def head_filter(cls) -> Callable[[tuple, Any], bool]:
-        """nnx filter matching variables of the head (``classifier``)."""
-        return lambda path, _x: len(path) > 0 and path[0] in cls.HEAD_MODULES
-
-    @classmethod
-    def backbone_filter(cls) -> Callable[[tuple, Any], bool]:
-        """nnx filter matching everything that is not the head."""
-        return lambda path, _x: len(path) > 0 and path[0] not in cls.HEAD_MODULES

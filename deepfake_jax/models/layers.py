@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, ClassVar
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -76,3 +79,21 @@ def input_transform(name: str | None):
         raise ValueError(f"unknown input_transform {name!r}; valid: none, "
                          f"{', '.join(INPUT_TRANSFORMS)}")
     return INPUT_TRANSFORMS[name]
+
+
+class ParamGroups:
+    """Mixin for classifiers: `HEAD_MODULES` names the head's top-level submodules.
+
+    `head_filter()` / `backbone_filter()` are nnx filters for freezing or for per-group
+    optimisers, e.g. `nnx.state(model, nnx.All(nnx.Param, model.backbone_filter()))`.
+    """
+
+    HEAD_MODULES: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def head_filter(cls) -> Callable[[tuple, Any], bool]:
+        return lambda path, _x: len(path) > 0 and path[0] in cls.HEAD_MODULES
+
+    @classmethod
+    def backbone_filter(cls) -> Callable[[tuple, Any], bool]:
+        return lambda path, _x: len(path) > 0 and path[0] not in cls.HEAD_MODULES

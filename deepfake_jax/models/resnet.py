@@ -44,7 +44,6 @@ filters (use e.g. ``nnx.All(nnx.Param, model.backbone_filter())``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, ClassVar
 
 import jax
@@ -52,7 +51,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from deepfake_jax.models import layers
-from deepfake_jax.models.layers import cpu_friendly_conv
+from deepfake_jax.models.layers import ParamGroups, cpu_friendly_conv
 
 # torchvision: kaiming_normal_(mode="fan_out", nonlinearity="relu") for convs.
 _conv_init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -168,7 +167,7 @@ class Bottleneck(_Block):
         return self.bn3(self.conv3(y), use_running_average=ura)
 
 
-class ResNet(nnx.Module):
+class ResNet(ParamGroups, nnx.Module):
     """torchvision-compatible ResNet. See the module docstring for the parameter naming."""
 
     HEAD_MODULES: ClassVar[tuple[str, ...]] = ("fc",)
@@ -268,16 +267,6 @@ class ResNet(nnx.Module):
         del rngs  # no stochastic layers; accepted so every family has the same call signature
         return self.head(self.features(x, train=train))
 
-    # ------------------------------------------------------------ param groups
-    @classmethod
-    def head_filter(cls) -> Callable[[tuple, Any], bool]:
-        """nnx filter matching variables of the head (``fc``)."""
-        return lambda path, _x: len(path) > 0 and path[0] in cls.HEAD_MODULES
-
-    @classmethod
-    def backbone_filter(cls) -> Callable[[tuple, Any], bool]:
-        """nnx filter matching everything that is not the head."""
-        return lambda path, _x: len(path) > 0 and path[0] not in cls.HEAD_MODULES
 
 
 def _uniform_bias(fan_in: int):

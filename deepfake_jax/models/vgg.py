@@ -37,7 +37,6 @@ conv blocks the backbone; see ``head_filter`` / ``backbone_filter``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, ClassVar
 
 import jax
@@ -46,7 +45,7 @@ import numpy as np
 from flax import nnx
 
 from deepfake_jax.models import layers
-from deepfake_jax.models.layers import cpu_friendly_conv
+from deepfake_jax.models.layers import ParamGroups, cpu_friendly_conv
 
 _conv_init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
 _linear_init = nnx.initializers.normal(0.01)
@@ -85,7 +84,7 @@ def adaptive_avg_pool(x: jax.Array, size: int) -> jax.Array:
     return jnp.einsum("ih,jw,bhwc->bijc", ph, pw, x)
 
 
-class VGG(nnx.Module):
+class VGG(ParamGroups, nnx.Module):
     """torchvision/Keras-compatible VGG. See the module docstring for the parameter naming."""
 
     HEAD_MODULES: ClassVar[tuple[str, ...]] = ("fc1", "fc2", "predictions")
@@ -171,13 +170,3 @@ class VGG(nnx.Module):
                  ) -> jax.Array:
         return self.head(self.features(x, train=train), train=train, rngs=rngs)
 
-    # ------------------------------------------------------------ param groups
-    @classmethod
-    def head_filter(cls) -> Callable[[tuple, Any], bool]:
-        """nnx filter matching variables of the head (``HEAD_MODULES``)."""
-        return lambda path, _x: len(path) > 0 and path[0] in cls.HEAD_MODULES
-
-    @classmethod
-    def backbone_filter(cls) -> Callable[[tuple, Any], bool]:
-        """nnx filter matching everything that is not the head."""
-        return lambda path, _x: len(path) > 0 and path[0] not in cls.HEAD_MODULES

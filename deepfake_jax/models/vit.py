@@ -61,13 +61,15 @@ Freezing groups as in ``resnet.py``: ``ViT.HEAD_MODULES = ("classifier",)``,
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+
+from deepfake_jax.models.layers import ParamGroups
 
 # variant -> (patch, hidden size, depth, heads, mlp dim)
 _VARIANTS: dict[str, tuple[int, int, int, int, int]] = {
@@ -224,7 +226,7 @@ class EncoderBlock(nnx.Module):
         return x, probs
 
 
-class ViT(nnx.Module):
+class ViT(ParamGroups, nnx.Module):
     """HF-compatible Vision Transformer. See the module docstring for naming and options."""
 
     HEAD_MODULES: ClassVar[tuple[str, ...]] = ("classifier",)
@@ -355,13 +357,3 @@ class ViT(nnx.Module):
         logits = self.head(self.pool_tokens(tokens))
         return (logits, attns) if return_attention else logits
 
-    # ------------------------------------------------------------ param groups
-    @classmethod
-    def head_filter(cls) -> Callable[[tuple, Any], bool]:
-        """nnx filter matching variables of the head (``classifier``)."""
-        return lambda path, _x: len(path) > 0 and path[0] in cls.HEAD_MODULES
-
-    @classmethod
-    def backbone_filter(cls) -> Callable[[tuple, Any], bool]:
-        """nnx filter matching everything that is not the head."""
-        return lambda path, _x: len(path) > 0 and path[0] not in cls.HEAD_MODULES

@@ -47,7 +47,6 @@ else the backbone; see ``head_filter`` / ``backbone_filter``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, ClassVar
 
 import jax
@@ -55,7 +54,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from deepfake_jax.models import layers
-from deepfake_jax.models.layers import cpu_friendly_conv
+from deepfake_jax.models.layers import ParamGroups, cpu_friendly_conv
 
 _glorot = nnx.initializers.glorot_uniform()
 
@@ -172,7 +171,7 @@ class ExitBlock(nnx.Module):
         return jax.nn.relu(_sep_bn(self, 2, x, train))
 
 
-class Xception(nnx.Module):
+class Xception(ParamGroups, nnx.Module):
     """Keras-compatible Xception. See the module docstring for the parameter naming."""
 
     HEAD_MODULES: ClassVar[tuple[str, ...]] = ("predictions",)
@@ -240,13 +239,3 @@ class Xception(nnx.Module):
         del rngs  # no stochastic layers; accepted so every family has the same call signature
         return self.head(self.features(x, train=train))
 
-    # ------------------------------------------------------------ param groups
-    @classmethod
-    def head_filter(cls) -> Callable[[tuple, Any], bool]:
-        """nnx filter matching variables of the head (``predictions``)."""
-        return lambda path, _x: len(path) > 0 and path[0] in cls.HEAD_MODULES
-
-    @classmethod
-    def backbone_filter(cls) -> Callable[[tuple, Any], bool]:
-        """nnx filter matching everything that is not the head."""
-        return lambda path, _x: len(path) > 0 and path[0] not in cls.HEAD_MODULES
