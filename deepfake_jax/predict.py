@@ -1,0 +1,300 @@
+"""Score image files with a trained run: p_fake and a real/fake label per image.
+
+    python -m deepfake_jax.predict --workdir runs/demo IMAGE_OR_DIR... [--output preds.csv|.json]
+        [--checkpoint latest|best|STEP] [--use_ema|--nouse_ema] [--batch_size 32]
+        [--face-crop] [--recursive]
+
+Each image is decoded to RGB (any size, colour mode or format OpenCV/PIL read), optionally cropped
+to its largest face (`--face-crop`, `deepfake_jax.faces`), then given exactly the evaluation view
+(`augment.eval_view`) and scored by the trainer's jitted eval step (`train.make_eval_steps`, which
+also normalises), so a file scores as its record does in `evaluate`. The label uses the threshold
+the run's evaluation chose on validation (`<workdir>/eval/valid/metrics.json`, else the newest
+`<workdir>/eval/*/*/metrics.json`, else 0.5 with a warning).
+
+Writes `<workdir>/predictions/predictions.csv` (or `--output`; a `.json` suffix writes a JSON
+list) with one row per input file: path, status (ok / error / no_face), p_fake, label, threshold,
+threshold_source, face_box (x,y,w,h), error. Unreadable files get an `error` row, never a crash;
+a run without a single readable image still writes the file, then exits non-zero.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import math
+import os
+import sys
+from collections import Counter
+from typing import Any
+
+import jax
+import numpy as np
+import tqdm
+from absl import app, flags, logging
+
+from deepfake_jax import augment, evaluate, faces, sharding, train
+from deepfake_jax.image_io import decode_image_rgb
+
+# --workdir, --checkpoint and --use_ema are evaluate's flags (registered when it is imported).
+FLAGS = flags.FLAGS
+flags.DEFINE_string("output", None, "Output file: .csv (default "
+                    "<workdir>/predictions/predictions.csv) or .json.")
+flags.DEFINE_integer("batch_size", 32, "Images per step (rounded up to the device count).")
+flags.DEFINE_bool("face_crop", False, "Crop the largest face (OpenCV Haar cascade) first; "
+                  "images without a face get status no_face. Also spelled --face-crop.")
+flags.DEFINE_bool("recursive", False, "Also walk the subfolders of the folders given.")
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+COLUMNS = ("path", "status", "p_fake", "label", "threshold", "threshold_source", "face_box",
+           "error")
+DEFAULT_THRESHOLD = 0.5
+FACE_MARGIN = 0.3
+
+
+class NoReadableImagesError(RuntimeError):
+    """Not one input could be read as an image (the predictions file is still written)."""
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def list_images(paths: list[str], recursive: bool = False) -> list[str]:
+    """Files to score, in a stable order: each path given (files as given, whatever their
+    extension, and missing ones too, so they get an error row), folders expanded to their image
+    files (IMAGE_EXTENSIONS, any case) sorted by name; duplicates once."""
+    out, seen = [], set()
+
+    def add(p):
+        key = os.path.abspath(p)
+        if key not in seen:
+            seen.add(key)
+            out.append(p)
+
+    for path in paths:
+        if not os.path.isdir(path):
+            add(path)
+            continue
+        found = []
+        if recursive:
+            for root, dirs, files in os.walk(path):
+                dirs.sort()
+                found += [os.path.join(root, f) for f in files]
+        else:
+            found = [os.path.join(path, f) for f in os.listdir(path)
+                     if os.path.isfile(os.path.join(path, f))]
+        images = sorted(f for f in found if f.lower().endswith(IMAGE_EXTENSIONS))
+        if not images:
+            logging.warning("%s holds no %s files%s", path, "/".join(IMAGE_EXTENSIONS),
+                            "" if recursive else " (subfolders need --recursive)")
+        for f in images:
+            add(f)
+    return out
+
+
+def find_threshold(workdir: str) -> tuple[float, str]:
+    """(threshold, where it came from): the run's validation threshold (see module docstring)."""
+    own = os.path.join(workdir, "eval", "valid", "metrics.json")
+    candidates = [own] if os.path.isfile(own) else sorted(
+        glob.glob(os.path.join(workdir, "eval", "*", "*", "metrics.json")),
+        key=lambda p: (os.path.getmtime(p), p), reverse=True)
+    for path in candidates:
+        try:
+            with open(path) as f:
+                return float(json.load(f)["threshold"]), path
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            logging.warning("ignoring %s: %s", path, e)
+    logging.warning("no evaluation metrics.json with a threshold under %s/eval: using %.2f",
+                    workdir, DEFAULT_THRESHOLD)
+    return DEFAULT_THRESHOLD, f"default {DEFAULT_THRESHOLD} (no eval metrics.json found)"
+
+
+def load_view(path: str, crop_size: int, resize_to: int | None, face_crop: bool = False
+              ) -> tuple[np.ndarray | None, tuple[int, int, int, int] | None]:
+    """(eval view, face box) of one file; (None, None) when face_crop finds no face.
+    Raises OSError / ImageDecodeError for unreadable files."""
+    with open(path, "rb") as f:
+        data = f.read()
+    image = decode_image_rgb(data, path)
+    box = None
+    if face_crop:
+        box = faces.detect_largest_face(image)
+        if box is None:
+            return None, None
+        image = faces.crop_face(image, box, FACE_MARGIN)
+    return augment.eval_view(image, crop_size, resize_to), box
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+class _Scorer:
+    """The restored run's jitted eval step over padded, masked batches of eval views."""
+
+    def __init__(self, config, workdir, checkpoint, use_ema, batch_size, devices):
+        self.mesh = sharding.make_mesh(None, devices=jax.local_devices() if devices is None
+                                       else devices)
+        n = self.mesh.shape[sharding.DATA_AXIS]
+        self.batch_size = max(1, math.ceil(max(1, int(batch_size)) / n)) * n
+        graphdef, self.state, self.step = evaluate.restore_state(config, workdir, checkpoint,
+                                                                 self.mesh)
+        evals = train.make_eval_steps(config, self.mesh, graphdef,
+                                      jax.tree.map(lambda x: x.sharding, self.state))
+        self.eval_fn = evals[use_ema]
+        logging.info("scoring with step %d (%s weights), batches of %d on %d device(s)",
+                     self.step, "EMA" if use_ema else "raw", self.batch_size, n)
+
+    def __call__(self, views: list[np.ndarray]) -> np.ndarray:
+        k = len(views)
+        images = np.zeros((self.batch_size, *views[0].shape), np.uint8)
+        images[:k] = np.stack(views)
+        batch = sharding.host_to_global(self.mesh, {
+            "image": images, "label": np.zeros((self.batch_size,), np.int32)})
+        p = self.eval_fn(self.state, batch)
+        return np.asarray(p, np.float64)[:k]  # the padding's scores are dropped
+
+
+def predict_paths(workdir: str, paths: list[str], *, checkpoint: str = "latest",
+                  use_ema: bool | None = None, batch_size: int = 32, face_crop: bool = False,
+                  recursive: bool = False, devices: list | None = None,
+                  show_progress: bool = False) -> list[dict[str, Any]]:
+    """One row per input file (see COLUMNS; p_fake a float or None, face_box a tuple or None).
+
+    The model is restored only once a readable image needs it, so a run with nothing readable
+    costs no checkpoint restore or compilation.
+    """
+    workdir = os.path.abspath(workdir)
+    config = evaluate.load_run_config(workdir)
+    use_ema = bool(config.eval.use_ema) if use_ema is None else bool(use_ema)
+    crop_size = int(config.input.crop_size)
+    resize_to = config.input.get("resize_to") or None
+    threshold, source = find_threshold(workdir)
+    files = list_images(list(paths), recursive)
+    scorer = None
+    rows, pending = [], []
+
+    def flush():
+        scores = scorer([view for _, view in pending])
+        for (row, _), p in zip(pending, scores, strict=True):
+            row.update(p_fake=float(p), label="fake" if p >= threshold else "real")
+        pending.clear()
+
+    for path in tqdm.tqdm(files, desc="predicting", unit="img", disable=not show_progress):
+        row = {"path": path, "status": "ok", "p_fake": None, "label": "",
+               "threshold": threshold, "threshold_source": source, "face_box": None,
+               "error": ""}
+        rows.append(row)
+        try:
+            view, box = load_view(path, crop_size, resize_to, face_crop)
+        except OSError as e:
+            row.update(status="error", error=f"cannot read file: {e.strerror or e}")
+            continue
+        except Exception as e:  # noqa: BLE001 - one bad file must not stop the others
+            row.update(status="error", error=getattr(e, "reason", None) or
+                       f"{type(e).__name__}: {e}")
+            continue
+        if view is None:
+            row.update(status="no_face", error="no face found")
+            continue
+        row["face_box"] = box
+        if scorer is None:
+            scorer = _Scorer(config, workdir, checkpoint, use_ema, batch_size, devices)
+        pending.append((row, view))
+        if len(pending) == scorer.batch_size:
+            flush()
+    if pending:
+        flush()
+    return rows
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+def default_output(workdir: str) -> str:
+    return os.path.join(os.path.abspath(workdir), "predictions", "predictions.csv")
+
+
+def write_predictions(rows: list[dict[str, Any]], path: str) -> str:
+    """Writes `rows` as CSV, or as a JSON list when `path` ends with .json; returns `path`."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    if path.lower().endswith(".json"):
+        out = [{k: (list(r[k]) if k == "face_box" and r[k] is not None else r[k])
+                for k in COLUMNS} for r in rows]
+        with open(path, "w") as f:
+            json.dump(out, f, indent=1)
+            f.write("\n")
+        return path
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(COLUMNS)
+        for r in rows:
+            writer.writerow([
+                r["path"], r["status"],
+                "" if r["p_fake"] is None else f"{r['p_fake']:.6f}",
+                r["label"], f"{r['threshold']:.6f}", r["threshold_source"],
+                "" if r["face_box"] is None else ",".join(str(v) for v in r["face_box"]),
+                r["error"],
+            ])
+    return path
+
+
+def summary(rows: list[dict[str, Any]], output: str, max_errors: int = 5) -> str:
+    status = Counter(r["status"] for r in rows)
+    labels = Counter(r["label"] for r in rows if r["status"] == "ok")
+    lines = [
+        f"{len(rows)} file(s): ok {status['ok']} (fake {labels['fake']}, real {labels['real']}),"
+        f" no_face {status['no_face']}, error {status['error']}",
+    ]
+    if rows:
+        lines.append(f"threshold {rows[0]['threshold']:.4f} from {rows[0]['threshold_source']}")
+    errors = [r for r in rows if r["status"] == "error"]
+    for r in errors[:max_errors]:
+        lines.append(f"  error: {r['path']}: {r['error']}")
+    if len(errors) > max_errors:
+        lines.append(f"  ... and {len(errors) - max_errors} more errors (see the output)")
+    lines.append(f"predictions written to {output}")
+    return "\n".join(lines)
+
+
+def check_readable(rows: list[dict[str, Any]], output: str) -> None:
+    """Raises NoReadableImagesError when no input was a readable image."""
+    if not any(r["status"] in ("ok", "no_face") for r in rows):
+        raise NoReadableImagesError(
+            f"no readable image among the {len(rows)} file(s) given; "
+            f"the reasons are in {output}")
+
+
+def _normalize_argv(argv: list[str]) -> list[str]:
+    """Accepts --face-crop / --noface-crop for --face_crop."""
+    alias = {"--face-crop": "--face_crop", "--noface-crop": "--noface_crop"}
+    out = []
+    for i, a in enumerate(argv):
+        if a == "--":
+            return out + argv[i:]
+        name, eq, value = a.partition("=")
+        out.append(alias.get(name, name) + eq + value)
+    return out
+
+
+def main(argv):
+    if not FLAGS.workdir:
+        sys.exit("--workdir is required")
+    if len(argv) < 2:
+        raise app.UsageError("give one or more image files or folders to score")
+    try:
+        rows = predict_paths(
+            FLAGS.workdir, argv[1:], checkpoint=FLAGS.checkpoint, use_ema=FLAGS.use_ema,
+            batch_size=FLAGS.batch_size, face_crop=FLAGS.face_crop, recursive=FLAGS.recursive,
+            show_progress=True)
+    except (FileNotFoundError, ValueError) as e:  # not a run, no checkpoint, bad --checkpoint
+        sys.exit(f"error: {e}")
+    output = write_predictions(rows, FLAGS.output or default_output(FLAGS.workdir))
+    print(summary(rows, output))
+    try:
+        check_readable(rows, output)
+    except NoReadableImagesError as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    app.run(main, argv=_normalize_argv(sys.argv))
