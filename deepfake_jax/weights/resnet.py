@@ -1,0 +1,392 @@
+"""torchvision / timm / Hugging Face ResNet checkpoints -> ``deepfake_jax.models.resnet.ResNet``.
+
+Both importers return ONE ``nnx.State`` holding the parameters (``nnx.Param``: conv kernels, BN
+scale/bias, fc) AND the BatchNorm running statistics (``nnx.BatchStat``: ``mean`` / ``var``) --
+eval-mode outputs depend on both. The model itself is not changed; apply with::
+
+    model = ResNet("50", num_classes=1, rngs=nnx.Rngs(0))
+    nnx.update(model, load_torchvision_resnet(model, "resnet50.safetensors"))   # or .pth
+    nnx.update(model, load_hf_resnet(model, "path/to/microsoft-resnet-50"))     # HF folder
+
+    # no random init when the checkpoint covers every variable (same head): fill an abstract one
+    abstract = nnx.eval_shape(lambda: ResNet("50", num_classes=1000, rngs=nnx.Rngs(0)))
+    model = nnx.merge(nnx.graphdef(abstract), load_torchvision_resnet(abstract, path))
+
+    # the two collections separately, if wanted:
+    params, stats = nnx.split_state(load_hf_resnet(model, path), nnx.Param, nnx.BatchStat)
+
+* ``load_torchvision_resnet``: a torchvision ``resnet{18,34,50,101,152}`` ``state_dict``
+  (``.safetensors`` via ``safetensors.numpy``; ``.pth`` / ``.pt`` / ``.bin`` via
+  ``torch.load(weights_only=True)``, so only when PyTorch is installed; or an in-memory mapping
+  of arrays / tensors). The key mapping is in ``deepfake_jax.models.resnet``'s docstring:
+  conv OIHW -> HWIO, fc transposed, BN ``weight/bias/running_mean/running_var`` ->
+  ``scale/bias/mean/var``, ``num_batches_tracked`` dropped. A ``module.`` prefix (DataParallel)
+  and a ``{"state_dict": ...}`` / ``{"model": ...}`` wrapper are removed. timm's plain
+  ``resnet18/34/50/101/152`` use exactly the same key names (timm's ResNet started as a copy of
+  torchvision's; its ``resnet18`` default weights are torchvision's own file), so their
+  state dicts load too. timm's ``d``/``c``/``s`` variants (deep stem ``conv1.0``..., avg-pool
+  shortcut ``downsample.1/.2``) are other architectures and are reported as unexpected keys.
+* ``load_hf_resnet``: what ``ResNetForImageClassification.save_pretrained`` (or ``ResNetModel``
+  / ``ResNetBackbone``) writes: ``model.safetensors`` (or sharded) + ``config.json``. Naming
+  (from ``transformers/models/resnet/modeling_resnet.py``; ``s`` = stage 0..3, ``i`` = block,
+  ``k`` = conv 0..2 inside the block)::
+
+      resnet.embedder.embedder.convolution.weight          -> conv1.kernel
+      resnet.embedder.embedder.normalization.*             -> bn1.*
+      resnet.encoder.stages.s.layers.i.layer.k.convolution.weight -> layer{s+1}.i.conv{k+1}.kernel
+      resnet.encoder.stages.s.layers.i.layer.k.normalization.*    -> layer{s+1}.i.bn{k+1}.*
+      resnet.encoder.stages.s.layers.i.shortcut.convolution.weight -> layer{s+1}.i.downsample_conv
+      resnet.encoder.stages.s.layers.i.shortcut.normalization.*    -> layer{s+1}.i.downsample_bn
+      classifier.1.{weight,bias}                           -> fc.{kernel,bias}
+
+  (``ResNetModel`` / ``ResNetBackbone`` checkpoints lack the ``resnet.`` prefix: accepted.)
+  HF's architecture equals torchvision's when ``downsample_in_bottleneck=False`` (default: the
+  stride sits on the 3x3 conv, torchvision v1.5) and ``downsample_in_first_stage=False``
+  (default); its stem is the same 7x7/2 conv (padding 3) + BN + ReLU + 3x3/2 max-pool
+  (padding 1), every conv pads ``kernel // 2``, BN eps 1e-5, head = Linear on the pooled
+  features. A ``config.json`` whose ``downsample_in_bottleneck`` / ``downsample_in_first_stage``
+  / ``hidden_act`` / ``num_channels`` / ``layer_type`` / ``depths`` / ``embedding_size`` /
+  ``hidden_sizes`` does not describe the model is an error naming the field (without a
+  config.json only the shapes are checked, and ``downsample_in_bottleneck`` cannot be).
+
+Common rules (as ``vit_hf.load_hf_vit``): when the checkpoint's head (``fc`` / ``classifier.1``)
+has another shape than the model's (other class count), or is absent (headless checkpoint),
+the model's own random head is kept. Every other missing or unexpected key and every shape
+mismatch is collected into one ``ValueError``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+
+from deepfake_jax.models.resnet import _VARIANTS, Bottleneck, ResNet
+
+Path = tuple[Any, ...]
+
+_MAX_LISTED = 40  # per kind of problem; the rest is counted
+
+_BN_LEAVES = {"scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
+_DROPPED = re.compile(r"(^|\.)num_batches_tracked$")
+
+
+# ----------------------------------------------------------------------------- naming
+def torchvision_key(path: Path) -> tuple[str, str]:
+    """nnx state path -> (torchvision state_dict key, kind); kind in raw / linear / conv."""
+    p = tuple(str(k) for k in path)
+    leaf = p[-1]
+    if p == ("fc", "kernel"):
+        return "fc.weight", "linear"
+    if p == ("fc", "bias"):
+        return "fc.bias", "raw"
+    if len(p) == 2 and p[0] == "conv1" and leaf == "kernel":
+        return "conv1.weight", "conv"
+    if len(p) == 2 and p[0] == "bn1" and leaf in _BN_LEAVES:
+        return f"bn1.{_BN_LEAVES[leaf]}", "raw"
+    if len(p) == 4 and re.fullmatch(r"layer[1-4]", p[0]):
+        base = f"{p[0]}.{p[1]}"
+        mod = {"downsample_conv": "downsample.0", "downsample_bn": "downsample.1"}.get(p[2], p[2])
+        if leaf == "kernel" and re.fullmatch(r"conv\d|downsample\.0", mod):
+            return f"{base}.{mod}.weight", "conv"
+        if leaf in _BN_LEAVES and re.fullmatch(r"bn\d|downsample\.1", mod):
+            return f"{base}.{mod}.{_BN_LEAVES[leaf]}", "raw"
+    raise KeyError(f"no torchvision name for ResNet variable {'.'.join(p)}")
+
+
+def hf_key(path: Path) -> tuple[str, str]:
+    """nnx state path -> (Hugging Face ``ResNetForImageClassification`` key, kind)."""
+    key, kind = torchvision_key(path)
+    return _tv_to_hf(key), kind
+
+
+def _tv_to_hf(key: str) -> str:
+    if key.startswith("fc."):
+        return "classifier.1." + key[3:]
+    if key.startswith(("conv1.", "bn1.")):
+        mod, leaf = key.split(".", 1)
+        sub = "convolution" if mod == "conv1" else "normalization"
+        return f"resnet.embedder.embedder.{sub}.{leaf}"
+    m = re.fullmatch(r"layer(\d)\.(\d+)\.(conv|bn|downsample\.)(\d)\.(.+)", key)
+    if m is None:
+        raise KeyError(key)
+    stage, block, mod, idx, leaf = m.groups()
+    base = f"resnet.encoder.stages.{int(stage) - 1}.layers.{block}"
+    if mod == "downsample.":
+        sub = "convolution" if idx == "0" else "normalization"
+        return f"{base}.shortcut.{sub}.{leaf}"
+    sub = "convolution" if mod == "conv" else "normalization"
+    return f"{base}.layer.{int(idx) - 1}.{sub}.{leaf}"
+
+
+def normalize_hf_key(key: str) -> str:
+    """HF ``ResNetModel`` / ``ResNetBackbone`` naming (no ``resnet.`` prefix) -> hub naming."""
+    if not key.startswith(("resnet.", "classifier.")):
+        key = "resnet." + key
+    return key
+
+
+def _to_ours(a: np.ndarray, kind: str) -> np.ndarray:
+    if kind == "linear":
+        return a.T
+    if kind == "conv":
+        return a.transpose(2, 3, 1, 0)  # OIHW -> HWIO
+    return a
+
+
+def _flatten(d: Mapping, prefix: Path = ()) -> dict[Path, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, prefix + (k,)))
+        else:
+            out[prefix + (k,)] = v
+    return out
+
+
+def _unflatten(flat: dict[Path, Any]) -> dict:
+    out: dict = {}
+    for path, v in flat.items():
+        node = out
+        for k in path[:-1]:
+            node = node.setdefault(k, {})
+        node[path[-1]] = v
+    return out
+
+
+# ----------------------------------------------------------------------------- files
+def _to_numpy(v: Any) -> np.ndarray:
+    if hasattr(v, "detach"):  # torch.Tensor
+        v = v.detach().cpu()
+        if str(v.dtype) == "torch.bfloat16":
+            v = v.float()
+        return v.numpy()
+    return np.asarray(v)
+
+
+def read_torchvision_state_dict(path: str | Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """A torchvision-style state dict as numpy arrays, from a file or an in-memory mapping."""
+    if isinstance(path, Mapping):
+        sd = dict(path)
+    elif str(path).endswith(".safetensors"):
+        from safetensors.numpy import load_file
+
+        sd = dict(load_file(str(path)))
+    else:
+        try:
+            import torch
+        except ImportError as e:
+            raise ImportError(
+                f"reading {path} needs PyTorch (torch.load); install torch or convert the "
+                "checkpoint to .safetensors") from e
+        sd = torch.load(str(path), map_location="cpu", weights_only=True)
+    for wrapper in ("state_dict", "model"):  # training-checkpoint wrappers
+        if isinstance(sd.get(wrapper), Mapping):
+            sd = dict(sd[wrapper])
+    if sd and all(str(k).startswith("module.") for k in sd):  # DataParallel / DDP
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    return {k: _to_numpy(v) for k, v in sd.items() if hasattr(v, "shape")}
+
+
+# ----------------------------------------------------------------------------- config
+def _arch(model: ResNet) -> dict:
+    kind = "bottleneck" if isinstance(model.layer1[0], Bottleneck) else "basic"
+    expansion = 4 if kind == "bottleneck" else 1
+    width = model.bn1.num_features
+    return dict(layer_type=kind, depths=[len(getattr(model, f"layer{i}")) for i in range(1, 5)],
+                embedding_size=width, hidden_sizes=[width * 2**i * expansion for i in range(4)])
+
+
+def check_hf_config(model: ResNet, config: Mapping) -> list[str]:
+    """Problems (one string per config field) where an HF ``ResNetConfig`` is not ``model``."""
+    problems = []
+    fixed = {"downsample_in_bottleneck": (False, "the model strides the 3x3 conv of a bottleneck "
+                                          "(torchvision v1.5); True strides the first 1x1"),
+             "downsample_in_first_stage": (False, "the model's first stage does not downsample"),
+             "hidden_act": ("relu", "the model uses relu"),
+             "num_channels": (3, "the model takes 3 input channels")}
+    arch = _arch(model)
+    for field, (want, why) in fixed.items():
+        if field == "downsample_in_bottleneck" and arch["layer_type"] != "bottleneck":
+            continue
+        if field in config and config[field] != want:
+            problems.append(f"config {field}={config[field]!r} is not supported: {why}")
+    for field, want in arch.items():
+        if field in config and list(np.atleast_1d(config[field])) != list(np.atleast_1d(want)):
+            problems.append(f"config {field}={config[field]!r} but the model has {want!r}")
+    if getattr(model, "stem", "imagenet") != "imagenet":
+        problems.append(f"the model uses stem={model.stem!r}; HF ResNet has the ImageNet stem "
+                        "(7x7/2 conv + 3x3/2 max-pool)")
+    return problems
+
+
+def resnet_kwargs_from_hf_config(config: Mapping) -> dict:
+    """``ResNet(**kwargs)`` arguments reproducing an HF ``ResNetConfig`` (config.json dict)."""
+    kind = config.get("layer_type", "bottleneck")
+    depths = tuple(config.get("depths", (3, 4, 6, 3)))
+    width = config.get("embedding_size", 64)
+    variant = next((v for v, (k, d, w) in _VARIANTS.items()
+                    if k == kind and d == depths and w in (None, width)), None)
+    if variant is None:
+        raise ValueError(f"config layer_type={kind!r}, depths={list(depths)} match no ResNet "
+                         f"variant here ({', '.join(_VARIANTS)})")
+    kwargs: dict = dict(variant=variant, width=width)
+    if "id2label" in config:
+        kwargs["num_classes"] = len(config["id2label"])
+    elif "num_labels" in config:
+        kwargs["num_classes"] = config["num_labels"]
+    return kwargs
+
+
+# ----------------------------------------------------------------------------- import
+class AbstractHeadError(ValueError):
+    """The checkpoint's head does not fit and the (abstract) model has no head to keep."""
+
+
+def _listing(items: list[str], sep: str = ", ") -> str:
+    more = len(items) - _MAX_LISTED
+    return sep.join(items[:_MAX_LISTED]) + (f"{sep}... and {more} more" if more > 0 else "")
+
+
+def _target_state(model_or_state: ResNet | nnx.State) -> tuple[ResNet | None, nnx.State]:
+    if isinstance(model_or_state, nnx.Module):
+        return model_or_state, nnx.state(model_or_state, nnx.Any(nnx.Param, nnx.BatchStat))
+    return None, model_or_state
+
+
+def _load(model_or_state, tensors: Mapping[str, np.ndarray], key_fn, *, source: str,
+          problems: list[str], normalize=lambda k: k) -> nnx.State:
+    model, state = _target_state(model_or_state)
+    target = _flatten(nnx.to_pure_dict(state))
+    table = {key_fn(p)[0]: (p, key_fn(p)[1]) for p in target}
+    head = ("fc",)
+
+    loaded: dict[Path, np.ndarray] = {}
+    unexpected, mismatched = [], []
+    head_kept = False
+    for raw_key, value in tensors.items():
+        key = normalize(raw_key)
+        if _DROPPED.search(key):
+            continue
+        if key not in table:
+            unexpected.append(raw_key)
+            continue
+        p, kind = table[key]
+        value = _to_ours(np.asarray(value), kind)
+        want = tuple(target[p].shape)
+        if value.shape != want:
+            if p[:1] == head:
+                head_kept = True
+                continue
+            mismatched.append(f"{raw_key}: checkpoint {tuple(tensors[raw_key].shape)} -> "
+                              f"{value.shape}, model {want}")
+            continue
+        loaded[p] = value.astype(target[p].dtype)
+
+    missing = [f"{'.'.join(map(str, p))} ({key_fn(p)[0]})" for p in target
+               if p not in loaded and not (head_kept and p[:1] == head)]
+    if missing and all(m.startswith("fc.") for m in missing):
+        head_kept, missing = True, []  # headless checkpoint: keep the model's head
+    if missing:
+        problems.append("missing keys (model variables the checkpoint lacks): "
+                        + _listing(missing))
+    if unexpected:
+        problems.append("unexpected keys (checkpoint tensors the model has no place for): "
+                        + _listing(sorted(unexpected)))
+    if mismatched:
+        problems.append("shape mismatches: " + _listing(mismatched, "; "))
+    if problems:
+        raise ValueError(f"cannot load {source}:\n  - " + "\n  - ".join(problems))
+
+    if head_kept:
+        for p in target:
+            if p[:1] == head:
+                if isinstance(target[p], jax.ShapeDtypeStruct):
+                    raise AbstractHeadError("the checkpoint's head does not fit the model and the "
+                                     "model is abstract: pass a concrete model to keep its "
+                                     "randomly initialised head")
+                loaded[p] = target[p]
+        logging.info("ResNet import: checkpoint head does not fit %d classes; head kept random",
+                     target[("fc", "kernel")].shape[-1])
+
+    new_state = jax.tree.map(lambda x: x, state)  # a copy: the model stays untouched
+    nnx.replace_by_pure_dict(new_state, _unflatten(loaded))
+    return new_state
+
+
+def load_torchvision_resnet(model_or_state: ResNet | nnx.State,
+                            path: str | Mapping[str, Any]) -> nnx.State:
+    """Params + BatchNorm stats (one ``nnx.State``) from a torchvision / timm ``state_dict``.
+
+    ``model_or_state``: a ``ResNet`` (concrete or from ``nnx.eval_shape``) or its
+    ``nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat))``. ``path``: ``.safetensors``,
+    ``.pth``/``.pt`` (needs torch) or a mapping. Apply with ``nnx.update(model, result)``.
+    """
+    tensors = read_torchvision_state_dict(path)
+    name = "<state dict>" if isinstance(path, Mapping) else str(path)
+    return _load(model_or_state, tensors, torchvision_key,
+                 source=f"torchvision ResNet state dict {name}", problems=[])
+
+
+def load_hf_resnet(model_or_state: ResNet | nnx.State, path: str, *,
+                   config: Mapping | None = None) -> nnx.State:
+    """Params + BatchNorm stats (one ``nnx.State``) from an HF ``ResNetForImageClassification``.
+
+    ``path``: a ``save_pretrained`` folder (``config.json`` + ``model.safetensors``) or a
+    ``.safetensors`` file; ``config`` overrides the folder's config.json. The config is checked
+    against the model when both a model and a config are available. Apply with
+    ``nnx.update(model, result)``.
+    """
+    from deepfake_jax.weights.vit_hf import read_hf_checkpoint
+
+    tensors, file_config = read_hf_checkpoint(path)
+    config = config if config is not None else file_config
+    model, _ = _target_state(model_or_state)
+    problems: list[str] = []
+    if model is not None and config is not None:
+        problems += check_hf_config(model, config)
+    elif config is None:
+        logging.warning("ResNet import: no config.json for %s; downsample_in_bottleneck is "
+                        "assumed False (stride on the 3x3 conv) and cannot be checked", path)
+    return _load(model_or_state, tensors, hf_key, source=f"Hugging Face ResNet checkpoint {path}",
+                 problems=problems, normalize=normalize_hf_key)
+
+
+def create_resnet_from_hf(path: str, num_classes: int | None = None, *, rngs: nnx.Rngs,
+                          **overrides) -> ResNet:
+    """A ``ResNet`` shaped by the checkpoint's ``config.json``, with weights and BN stats.
+
+    ``num_classes`` (default: the checkpoint's) and ``overrides`` (e.g. ``dtype``,
+    ``bn_momentum``) replace the config's values. When the checkpoint covers every variable the
+    model is built abstractly and filled (no random init); otherwise (head kept random) it is
+    initialised with ``rngs`` first.
+    """
+    from deepfake_jax.weights.vit_hf import read_hf_checkpoint
+
+    _, config = read_hf_checkpoint(path)
+    if config is None:
+        raise FileNotFoundError(f"no config.json next to {path}")
+    kwargs = resnet_kwargs_from_hf_config(config)
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    kwargs.update(overrides)
+    variant = kwargs.pop("variant")
+    abstract = nnx.eval_shape(lambda: ResNet(variant, rngs=nnx.Rngs(0), **kwargs))
+    try:
+        return nnx.merge(nnx.graphdef(abstract), load_hf_resnet(abstract, path, config=config))
+    except AbstractHeadError:
+        model = ResNet(variant, rngs=rngs, **kwargs)
+        nnx.update(model, load_hf_resnet(model, path, config=config))
+        return model
+
+
+__all__ = [
+    "AbstractHeadError", "check_hf_config", "create_resnet_from_hf", "hf_key", "load_hf_resnet",
+    "load_torchvision_resnet", "normalize_hf_key", "read_torchvision_state_dict",
+    "resnet_kwargs_from_hf_config", "torchvision_key",
+]
