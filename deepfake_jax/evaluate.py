@@ -141,6 +141,9 @@ def main(argv):
         show_progress=True, robustness=FLAGS.robustness)
     print(summary_table(results))
     for name, m in results.items():
+        if m.get("subsets"):
+            print(f"\nsubsets of {name}/{m['split']} (each: these fakes vs all reals):")
+            print(evaluators.format_subsets(m["subsets"]))
         if "robustness" in m:
             print(f"\nrobustness of {name}/{m['split']} (threshold {m['threshold']:.4f}):")
             print(evaluators.format_robustness(m["robustness"]))

@@ -85,6 +85,11 @@ def evaluate_splits(eval_fn, state, mesh, preprocess, batch_size: int, *,
                                    label(name)))
         m = metrics.binary_metrics(preds["label"], preds["p_fake"], threshold)
         m.update(metrics.calibration(preds["label"], preds["p_fake"]))
+        listing = input_pipeline.read_metadata(files)  # path, label, meta per record index
+        record_meta = [listing[int(i)].get("meta", {}) for i in preds["index"]]
+        subsets = metrics.subset_metrics(preds["label"], preds["p_fake"], threshold, record_meta)
+        if subsets:
+            m["subsets"] = subsets
         if bootstrap:
             m["bootstrap_95"] = metrics.bootstrap_intervals(preds["label"], preds["p_fake"],
                                                             threshold, bootstrap)
@@ -95,7 +100,7 @@ def evaluate_splits(eval_fn, state, mesh, preprocess, batch_size: int, *,
             metrics.write_json(m, os.path.join(split_dir, "metrics.json"))
             metrics.save_plots(preds["label"], preds["p_fake"], m, split_dir, title=name)
             write_predictions_csv(os.path.join(split_dir, "predictions.csv"), preds,
-                                  input_pipeline.read_metadata(files), threshold)
+                                  listing, threshold)
     return results
 
 
@@ -163,4 +168,15 @@ def format_robustness(rows: list[dict[str, Any]]) -> str:
         auc = f"{r['roc_auc']:8.4f}" if r["roc_auc"] is not None else f"{'-':>8s}"
         eer = f"{r['eer']:8.4f}" if r["eer"] is not None else f"{'-':>8s}"
         lines.append(f"{r['corruption']:12s} {r['level']:6g} {auc} {r['accuracy']:8.4f} {eer}")
+    return "\n".join(lines)
+
+
+def format_subsets(rows: list[dict[str, Any]]) -> str:
+    lines = [f"{'subset':12s} {'value':12s} {'fakes':>6s} {'reals':>6s} {'roc_auc':>8s} "
+             f"{'detected':>8s}"]
+    for r in rows:
+        auc = f"{r['roc_auc']:8.4f}" if r["roc_auc"] is not None else f"{'-':>8s}"
+        det = f"{r['fake_detected']:8.4f}" if r["fake_detected"] is not None else f"{'-':>8s}"
+        lines.append(f"{r['subset']:12s} {r['value']:12s} {r['num_fake']:6d} {r['num_real']:6d} "
+                     f"{auc} {det}")
     return "\n".join(lines)

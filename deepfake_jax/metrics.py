@@ -22,6 +22,9 @@ def equal_error_rate(labels: np.ndarray, scores: np.ndarray) -> tuple[float, flo
     Interpolates linearly between the two ROC points that bracket FPR == FNR.
     """
     fpr, tpr, thresholds = skm.roc_curve(labels, scores)
+    # sklearn's first threshold is +inf ("call nothing fake"); any value above every score
+    # means the same and keeps the interpolation below finite.
+    thresholds = np.where(np.isfinite(thresholds), thresholds, max(1.0, float(np.max(scores))))
     fnr = 1.0 - tpr
     diff = fpr - fnr  # increases from <= 0 to >= 0 along the curve
     i = int(np.argmax(diff >= 0))
@@ -202,3 +205,44 @@ def write_json(obj: Any, path: str) -> None:
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=2, sort_keys=True)
     os.replace(tmp, path)
+
+
+CIPLAB_REGIONS = ("left_eye", "right_eye", "nose", "mouth")
+
+
+def subset_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float,
+                   metas: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Metrics per subset of fakes, each against ALL reals of the split.
+
+    Subsets come from record metadata: `domain` (every class), CIPLab `difficulty`
+    (easy/mid/hard) and `edited` regions (left eye, right eye, nose, mouth; a fake counts in
+    every region it edits). Reals are shared so that every row's AUC answers "how well are
+    these fakes told apart from real faces".
+    """
+    labels, scores = np.asarray(labels), np.asarray(scores)
+    real = labels == 0
+    groups: dict[tuple[str, str], np.ndarray] = {}
+
+    def add(kind: str, value: str, i: int) -> None:
+        groups.setdefault((kind, value), np.zeros(len(labels), bool))[i] = True
+
+    for i, meta in enumerate(metas):
+        if "domain" in meta:
+            add("domain", str(meta["domain"]), i)
+        if labels[i] == 1 and meta.get("difficulty"):
+            add("difficulty", str(meta["difficulty"]), i)
+        if labels[i] == 1 and meta.get("edited"):
+            for region, bit in zip(CIPLAB_REGIONS, meta["edited"], strict=False):
+                if bit:
+                    add("edited", region, i)
+    rows = []
+    for (kind, value), members in sorted(groups.items()):
+        mask = members | real if kind != "domain" else members
+        m = binary_metrics(labels[mask], scores[mask], threshold)
+        fakes = members & ~real
+        rows.append({"subset": kind, "value": value, "num_fake": int(fakes.sum()),
+                     "num_real": int((mask & real).sum()),
+                     "fake_detected": float(np.mean(scores[fakes] >= threshold))
+                     if fakes.any() else None,
+                     **{k: m[k] for k in ("roc_auc", "accuracy", "average_precision")}})
+    return rows

@@ -85,3 +85,18 @@ def test_robustness_sweep_writes_a_table_and_plot(trained_workdir, tiny_dataset)
         assert len(json.load(f)["rows"]) == 3
     assert os.path.getsize(os.path.join(out, "robustness.png")) > 1000
     assert "blur" in evaluators.format_robustness(rows)
+
+
+def test_ciplab_data_gets_difficulty_and_region_tables(trained_workdir, tmp_path):
+    workdir, _ = trained_workdir
+    images, converted = str(tmp_path / "ciplab"), str(tmp_path / "ciplab_ar")
+    synthetic.generate_ciplab(images, num_real=40, num_fake=40, image_size=32, seed=1)
+    convert.convert(images, converted, layout="ciplab", show_progress=False)
+    results = evaluate.evaluate_checkpoint(workdir, data=[converted], bootstrap=0)
+    subsets = results["ciplab_ar"]["subsets"]
+    kinds = {r["subset"] for r in subsets}
+    assert kinds == {"difficulty", "edited"}
+    num_fakes = results["ciplab_ar"]["num_fake"]
+    assert sum(r["num_fake"] for r in subsets if r["subset"] == "difficulty") == num_fakes
+    with open(os.path.join(workdir, "eval", "ciplab_ar", "test", "metrics.json")) as f:
+        assert json.load(f)["subsets"] == subsets

@@ -80,3 +80,23 @@ def test_bootstrap_intervals_contain_the_estimate_and_are_seeded():
     assert ci["roc_auc"][0] < auc < ci["roc_auc"][1]
     assert ci["roc_auc"][1] - ci["roc_auc"][0] < 0.15
     assert ci == metrics.bootstrap_intervals(labels, scores, 0.5, num_samples=200, seed=3)
+
+
+def test_subset_metrics_ciplab_difficulty_and_regions():
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    scores = np.array([0.1, 0.2, 0.6, 0.9, 0.3, 0.8])
+    metas = [{}, {}, {},
+             {"difficulty": "easy", "edited": [1, 0, 0, 1]},
+             {"difficulty": "hard", "edited": [0, 0, 1, 0]},
+             {"difficulty": "easy", "edited": [1, 1, 0, 0]}]
+    rows = {(r["subset"], r["value"]): r for r in
+            metrics.subset_metrics(labels, scores, 0.5, metas)}
+    assert set(rows) == {("difficulty", "easy"), ("difficulty", "hard"), ("edited", "left_eye"),
+                         ("edited", "right_eye"), ("edited", "nose"), ("edited", "mouth")}
+    easy = rows[("difficulty", "easy")]
+    assert (easy["num_fake"], easy["num_real"]) == (2, 3)
+    assert easy["roc_auc"] == pytest.approx(1.0) and easy["fake_detected"] == 1.0
+    hard = rows[("difficulty", "hard")]  # 0.3 beats reals 0.1 and 0.2, loses to 0.6
+    assert hard["roc_auc"] == pytest.approx(2 / 3) and hard["fake_detected"] == 0.0
+    assert rows[("edited", "left_eye")]["num_fake"] == 2
+    assert metrics.subset_metrics(labels, scores, 0.5, [{}] * 6) == []
