@@ -13,13 +13,14 @@ from flax import nnx
 
 from deepfake_jax.models.resnet import ResNet
 from deepfake_jax.weights import resnet as rw
+from deepfake_jax.weights.common import flatten
 
 ATOL = 1e-4
 
 
 def _flat(model):
     state = nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat))
-    return {k: np.asarray(v) for k, v in rw._flatten(nnx.to_pure_dict(state)).items()}
+    return {k: np.asarray(v) for k, v in flatten(nnx.to_pure_dict(state)).items()}
 
 
 def _export_torchvision(model):
@@ -73,7 +74,7 @@ def test_torchvision_key_names():
 
 def _export_torchvision_abstract(model):
     keys = set()
-    for p in rw._flatten(nnx.to_pure_dict(nnx.state(model, nnx.Any(nnx.Param,
+    for p in flatten(nnx.to_pure_dict(nnx.state(model, nnx.Any(nnx.Param,
                                                                      nnx.BatchStat)))):
         key = rw.torchvision_key(p)[0]
         keys.add(key)

@@ -9,6 +9,7 @@ from flax import nnx
 from deepfake_jax.models import count_params
 from deepfake_jax.models.vit import _VARIANTS, VARIANTS, ViT, resize_pos_embed
 from deepfake_jax.weights import vit_hf
+from deepfake_jax.weights.common import flatten
 
 
 def _formula(patch, d, depth, mlp, classes=1000, size=224):
@@ -116,7 +117,7 @@ def _tiny(num_classes=3, seed=0, **kw):
 
 
 def _params(model):
-    return vit_hf._flatten(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+    return flatten(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
 
 
 def test_export_import_roundtrip_and_head_kept(tmp_path):

@@ -67,8 +67,7 @@ import numpy as np
 from flax import nnx
 
 from deepfake_jax.models.resnet import _VARIANTS, Bottleneck, ResNet
-
-Path = tuple[Any, ...]
+from deepfake_jax.weights.common import Path, flatten, to_ours, unflatten
 
 _MAX_LISTED = 40  # per kind of problem; the rest is counted
 
@@ -131,32 +130,10 @@ def normalize_hf_key(key: str) -> str:
     return key
 
 
-def _to_ours(a: np.ndarray, kind: str) -> np.ndarray:
-    if kind == "linear":
-        return a.T
-    if kind == "conv":
-        return a.transpose(2, 3, 1, 0)  # OIHW -> HWIO
-    return a
 
 
-def _flatten(d: Mapping, prefix: Path = ()) -> dict[Path, Any]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, Mapping):
-            out.update(_flatten(v, prefix + (k,)))
-        else:
-            out[prefix + (k,)] = v
-    return out
 
 
-def _unflatten(flat: dict[Path, Any]) -> dict:
-    out: dict = {}
-    for path, v in flat.items():
-        node = out
-        for k in path[:-1]:
-            node = node.setdefault(k, {})
-        node[path[-1]] = v
-    return out
 
 
 # ----------------------------------------------------------------------------- files
@@ -262,7 +239,7 @@ def _target_state(model_or_state: ResNet | nnx.State) -> tuple[ResNet | None, nn
 def _load(model_or_state, tensors: Mapping[str, np.ndarray], key_fn, *, source: str,
           problems: list[str], normalize=lambda k: k) -> nnx.State:
     model, state = _target_state(model_or_state)
-    target = _flatten(nnx.to_pure_dict(state))
+    target = flatten(nnx.to_pure_dict(state))
     table = {key_fn(p)[0]: (p, key_fn(p)[1]) for p in target}
     head = ("fc",)
 
@@ -277,7 +254,7 @@ def _load(model_or_state, tensors: Mapping[str, np.ndarray], key_fn, *, source: 
             unexpected.append(raw_key)
             continue
         p, kind = table[key]
-        value = _to_ours(np.asarray(value), kind)
+        value = to_ours(np.asarray(value), kind)
         want = tuple(target[p].shape)
         if value.shape != want:
             if p[:1] == head:
@@ -315,7 +292,7 @@ def _load(model_or_state, tensors: Mapping[str, np.ndarray], key_fn, *, source: 
                      target[("fc", "kernel")].shape[-1])
 
     new_state = jax.tree.map(lambda x: x, state)  # a copy: the model stays untouched
-    nnx.replace_by_pure_dict(new_state, _unflatten(loaded))
+    nnx.replace_by_pure_dict(new_state, unflatten(loaded))
     return new_state
 
 

@@ -31,15 +31,13 @@ import json
 import logging
 import os
 import re
-from typing import Any
 
 import jax
 import numpy as np
 from flax import nnx
 
 from deepfake_jax.models.vit import _VARIANTS, HF_LAYER_NORM_EPS, ViT, resize_pos_embed
-
-Path = tuple[Any, ...]
+from deepfake_jax.weights.common import Path, flatten, to_ours, to_torch, unflatten
 
 _IGNORED = (re.compile(r"^vit\.pooler\."), re.compile(r"^vit\.embeddings\.mask_token$"))
 
@@ -93,40 +91,12 @@ def normalize_hf_key(key: str) -> str:
     return key
 
 
-def _to_ours(a: np.ndarray, kind: str) -> np.ndarray:
-    if kind == "linear":
-        return a.T
-    if kind == "conv":
-        return a.transpose(2, 3, 1, 0)  # OIHW -> HWIO
-    return a
 
 
-def _to_hf(a: np.ndarray, kind: str) -> np.ndarray:
-    if kind == "linear":
-        return a.T
-    if kind == "conv":
-        return a.transpose(3, 2, 0, 1)  # HWIO -> OIHW
-    return a
 
 
-def _flatten(d: dict, prefix: Path = ()) -> dict[Path, Any]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, prefix + (k,)))
-        else:
-            out[prefix + (k,)] = v
-    return out
 
 
-def _unflatten(flat: dict[Path, Any]) -> dict:
-    out: dict = {}
-    for path, v in flat.items():
-        node = out
-        for k in path[:-1]:
-            node = node.setdefault(k, {})
-        node[path[-1]] = v
-    return out
 
 
 # ----------------------------------------------------------------------------- files
@@ -215,7 +185,7 @@ def load_hf_vit(model_or_state: ViT | nnx.State, path: str, *,
     config = config if config is not None else file_config
     model = model_or_state if isinstance(model_or_state, nnx.Module) else None
     state = nnx.state(model, nnx.Param) if model is not None else model_or_state
-    target = _flatten(nnx.to_pure_dict(state))
+    target = flatten(nnx.to_pure_dict(state))
 
     table = {}
     for p in target:
@@ -236,7 +206,7 @@ def load_hf_vit(model_or_state: ViT | nnx.State, path: str, *,
             unexpected.append(raw_key)
             continue
         p, kind = table[key]
-        value = _to_ours(np.asarray(value), kind)
+        value = to_ours(np.asarray(value), kind)
         want = tuple(target[p].shape)
         if p == ("position_embeddings",) and value.shape != want and value.shape[-1] == want[-1]:
             value = np.asarray(resize_pos_embed(
@@ -280,7 +250,7 @@ def load_hf_vit(model_or_state: ViT | nnx.State, path: str, *,
                      target[("classifier", "kernel")].shape[-1])
 
     new_state = jax.tree.map(lambda x: x, state)  # a copy: the model stays untouched
-    nnx.replace_by_pure_dict(new_state, _unflatten(loaded))
+    nnx.replace_by_pure_dict(new_state, unflatten(loaded))
     return new_state
 
 
@@ -327,9 +297,9 @@ def to_hf_state_dict(model_or_state: ViT | nnx.State) -> dict[str, np.ndarray]:
     state = (nnx.state(model_or_state, nnx.Param)
              if isinstance(model_or_state, nnx.Module) else model_or_state)
     out = {}
-    for p, v in _flatten(nnx.to_pure_dict(state)).items():
+    for p, v in flatten(nnx.to_pure_dict(state)).items():
         key, kind = hf_key(p)
-        out[key] = np.ascontiguousarray(_to_hf(np.asarray(v), kind))
+        out[key] = np.ascontiguousarray(to_torch(np.asarray(v), kind))
     return out
 
 
