@@ -37,6 +37,7 @@ the backbone; see ``head_filter`` / ``backbone_filter``.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, ClassVar
 
 import jax
@@ -44,7 +45,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from deepfake_jax.models import layers
-from deepfake_jax.models.layers import ParamGroups, cpu_friendly_conv
+from deepfake_jax.models.layers import ParamGroups
 
 _conv_init = nnx.initializers.variance_scaling(2.0, "fan_in", "normal")
 
@@ -62,13 +63,7 @@ _BN_EPS = 1e-5
 _BN_SIZE = 4
 
 
-def _conv(cin, cout, k, stride, pad, *, rngs, dtype, param_dtype) -> nnx.Conv:
-    return nnx.Conv(
-        cin, cout, kernel_size=(k, k), strides=(stride, stride),
-        padding=((pad, pad), (pad, pad)), use_bias=False, kernel_init=_conv_init,
-        conv_general_dilated=cpu_friendly_conv, dtype=dtype, param_dtype=param_dtype,
-        rngs=rngs,
-    )
+_conv = functools.partial(layers.conv2d, kernel_init=_conv_init)
 
 
 def _bn(c, *, rngs, dtype, param_dtype, momentum) -> nnx.BatchNorm:

@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
+from flax import nnx
 from jax import lax
 
 # XLA:CPU picks a pathologically slow algorithm for convolutions whose output has only a few
@@ -97,3 +98,18 @@ class ParamGroups:
     @classmethod
     def backbone_filter(cls) -> Callable[[tuple, Any], bool]:
         return lambda path, _x: len(path) > 0 and path[0] not in cls.HEAD_MODULES
+
+
+def conv2d(cin: int, cout: int, k: int, stride: int, pad: int, *, kernel_init, rngs,
+           dtype, param_dtype, groups: int = 1, use_bias: bool = False) -> nnx.Conv:
+    """A square conv with PyTorch's symmetric padding on the CPU-friendly path.
+
+    Explicit (pad, pad) pairs, never "SAME" (asymmetric at stride 2), so imported torch/Keras
+    weights see the same pixels. Bias-free by default: these convs feed a BatchNorm.
+    """
+    return nnx.Conv(
+        cin, cout, kernel_size=(k, k), strides=(stride, stride),
+        padding=((pad, pad), (pad, pad)), feature_group_count=groups, use_bias=use_bias,
+        kernel_init=kernel_init, conv_general_dilated=cpu_friendly_conv, dtype=dtype,
+        param_dtype=param_dtype, rngs=rngs,
+    )

@@ -44,6 +44,7 @@ filters (use e.g. ``nnx.All(nnx.Param, model.backbone_filter())``).
 
 from __future__ import annotations
 
+import functools
 from typing import Any, ClassVar
 
 import jax
@@ -51,7 +52,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from deepfake_jax.models import layers
-from deepfake_jax.models.layers import ParamGroups, cpu_friendly_conv
+from deepfake_jax.models.layers import ParamGroups
 
 # torchvision: kaiming_normal_(mode="fan_out", nonlinearity="relu") for convs.
 _conv_init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -70,20 +71,7 @@ VARIANTS: tuple[str, ...] = tuple(_VARIANTS)
 _BN_EPS = 1e-5
 
 
-def _conv(cin, cout, k, stride, pad, *, rngs, dtype, param_dtype) -> nnx.Conv:
-    return nnx.Conv(
-        cin,
-        cout,
-        kernel_size=(k, k),
-        strides=(stride, stride),
-        padding=((pad, pad), (pad, pad)),
-        use_bias=False,
-        kernel_init=_conv_init,
-        conv_general_dilated=cpu_friendly_conv,
-        dtype=dtype,
-        param_dtype=param_dtype,
-        rngs=rngs,
-    )
+_conv = functools.partial(layers.conv2d, kernel_init=_conv_init)
 
 
 def _bn(c, *, rngs, dtype, param_dtype, momentum, zero=False) -> nnx.BatchNorm:

@@ -47,6 +47,7 @@ else the backbone; see ``head_filter`` / ``backbone_filter``.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, ClassVar
 
 import jax
@@ -54,7 +55,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from deepfake_jax.models import layers
-from deepfake_jax.models.layers import ParamGroups, cpu_friendly_conv
+from deepfake_jax.models.layers import ParamGroups
 
 _glorot = nnx.initializers.glorot_uniform()
 
@@ -70,13 +71,7 @@ VARIANTS: tuple[str, ...] = tuple(_VARIANTS)
 _BN_EPS = 1e-3
 
 
-def _conv(cin, cout, k, stride, pad, *, rngs, dtype, param_dtype, groups=1) -> nnx.Conv:
-    return nnx.Conv(
-        cin, cout, kernel_size=(k, k), strides=(stride, stride),
-        padding=((pad, pad), (pad, pad)), feature_group_count=groups, use_bias=False,
-        kernel_init=_glorot, conv_general_dilated=cpu_friendly_conv, dtype=dtype,
-        param_dtype=param_dtype, rngs=rngs,
-    )
+_conv = functools.partial(layers.conv2d, kernel_init=_glorot)
 
 
 def _bn(c, *, rngs, dtype, param_dtype, momentum) -> nnx.BatchNorm:
