@@ -21,3 +21,19 @@ def tiny_dataset(tmp_path_factory):
                             image_size=32, difficulty=0.0, seed=0)
     convert.convert(images, converted, layout="140k", show_progress=False)
     return converted
+
+
+@pytest.fixture(scope="session")
+def trained_workdir(tmp_path_factory, tiny_dataset):
+    """The tiny default recipe trained once on 8 devices: (workdir, train summary)."""
+    import jax
+
+    from configs import default
+    from deepfake_jax import train
+
+    workdir = str(tmp_path_factory.mktemp("trained"))
+    config = default.get_config("tiny")
+    config.data.dir = tiny_dataset
+    assert jax.device_count() == 8
+    summary = train.train_and_evaluate(config, workdir)
+    return workdir, summary

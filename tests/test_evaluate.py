@@ -6,19 +6,8 @@ import os
 import jax
 import pytest
 
-from configs import default
 from data_prep import convert, synthetic
 from deepfake_jax import evaluate, train
-
-
-@pytest.fixture(scope="module")
-def trained_workdir(tmp_path_factory, tiny_dataset):
-    workdir = str(tmp_path_factory.mktemp("trained"))
-    config = default.get_config("tiny")
-    config.data.dir = tiny_dataset
-    assert jax.device_count() == 8
-    summary = train.train_and_evaluate(config, workdir)
-    return workdir, summary
 
 
 def test_one_device_reproduces_end_of_training_metrics(trained_workdir):

@@ -12,21 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from configs import default
 from data_prep import synthetic
-from deepfake_jax import faces, predict, train
+from deepfake_jax import faces, predict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope="module")
-def trained_workdir(tmp_path_factory, tiny_dataset):
-    workdir = str(tmp_path_factory.mktemp("trained"))
-    config = default.get_config("tiny")
-    config.data.dir = tiny_dataset
-    assert jax.device_count() == 8
-    summary = train.train_and_evaluate(config, workdir)
-    return workdir, summary
 
 
 @pytest.fixture(scope="module")
