@@ -112,7 +112,8 @@ def evaluate_checkpoint(workdir: str, *, checkpoint: str = "latest", use_ema: bo
             rows = evaluators.robustness_sweep(
                 evals[use_ema], state, mesh, preprocess, batch_size,
                 records.split_files(data_dir, split), out[split]["threshold"],
-                os.path.join(workdir, "eval", name, split), show_progress=show_progress)
+                os.path.join(workdir, "eval", name, split), show_progress=show_progress,
+                clean=out[split])
             results[name]["robustness"] = rows
     return results
 

@@ -116,22 +116,27 @@ ROBUSTNESS_LEVELS: dict[str, tuple[float, ...]] = {
 def robustness_sweep(eval_fn, state, mesh, preprocess, batch_size: int, files: list[str],
                      threshold: float, out_dir: str,
                      levels: dict[str, tuple[float, ...]] | None = None,
-                     show_progress: bool = False) -> list[dict[str, Any]]:
+                     show_progress: bool = False,
+                     clean: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Metrics of one split under each corruption level, at the clean validation threshold.
 
+    `clean`: the split's uncorrupted metrics if already computed (not scored again).
     Writes `<out_dir>/robustness.json` and `robustness.png` (ROC AUC and accuracy vs level).
     """
     levels = levels or ROBUSTNESS_LEVELS
     settings = [("none", 0.0)] + [(k, v) for k, vs in levels.items() for v in vs]
+    keys = ("roc_auc", "accuracy", "eer", "average_precision", "recall", "precision")
     rows = []
     for kind, level in settings:
-        pre = dataclasses.replace(preprocess, corruption=None if kind == "none" else (kind, level))
-        label = f"robustness {kind} {level:g}" if show_progress else None
-        preds = predict_split(eval_fn, state, mesh, files, pre, batch_size, label)
-        m = metrics.binary_metrics(preds["label"], preds["p_fake"], threshold)
-        rows.append({"corruption": kind, "level": level,
-                     **{k: m[k] for k in ("roc_auc", "accuracy", "eer", "average_precision",
-                                          "recall", "precision")}})
+        if kind == "none" and clean is not None:
+            m = clean
+        else:
+            pre = dataclasses.replace(preprocess,
+                                      corruption=None if kind == "none" else (kind, level))
+            label = f"robustness {kind} {level:g}" if show_progress else None
+            preds = predict_split(eval_fn, state, mesh, files, pre, batch_size, label)
+            m = metrics.binary_metrics(preds["label"], preds["p_fake"], threshold)
+        rows.append({"corruption": kind, "level": level, **{k: m[k] for k in keys}})
     if jax.process_index() == 0:
         os.makedirs(out_dir, exist_ok=True)
         metrics.write_json({"threshold": threshold, "rows": rows},
