@@ -11,6 +11,7 @@ import os
 from typing import Any
 
 import grain
+import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
@@ -63,7 +64,7 @@ class Checkpointer:
                 ) -> tuple[Any, Any]:
         """Restores onto the shardings in `abstract_state` (any device count) and the iterator."""
         items = {"state": ocp.args.StandardRestore(abstract_state)}
-        if data_iterator is not None:
+        if data_iterator is not None and not self.data_written_by_other_process_count(step):
             items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
         try:
             restored = self.manager.restore(step, args=ocp.args.Composite(**items))
@@ -73,7 +74,19 @@ class Checkpointer:
                 f"{type(e).__name__}: {e}. If the files are truncated or were written by a "
                 "different model/config, delete that step folder or use another workdir."
             ) from e
-        return restored["state"], restored.get("data") if data_iterator is not None else None
+        return restored["state"], restored.get("data")
+
+    def data_written_by_other_process_count(self, step: int) -> bool:
+        """True if the step's iterator state was saved by a job with another process count.
+
+        grain writes one `process_<i>-of-<n>.json` per process; such a state cannot be loaded
+        by a job with another `n`, so the caller re-positions a fresh iterator instead.
+        """
+        data_dir = os.path.join(self.directory, str(step), "data")
+        if not os.path.isdir(data_dir):
+            return False
+        mine = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+        return not os.path.exists(os.path.join(data_dir, mine))
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

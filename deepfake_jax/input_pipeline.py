@@ -96,10 +96,12 @@ def train_iterator(
     if global_batch_size % process_count:
         raise ValueError(f"batch size {global_batch_size} not divisible by {process_count} hosts")
     ds = _source(files).shuffle(seed=seed).repeat(None)
+    # Augmentation randomness keyed by the global stream position (mapped before sharding),
+    # so an example gets the same crop/flip whatever the process count.
+    ds = ds.random_map(_TrainTransform(preprocess), seed=seed)
     # Interleaved sharding: process i takes global positions i, i+P, ... of the shuffled stream,
     # so every global batch is a contiguous slice of that stream, whatever the process count.
     ds = ds[process_index::process_count]
-    ds = ds.random_map(_TrainTransform(preprocess), seed=seed)
     ds = ds.batch(global_batch_size // process_count, drop_remainder=True)
     it_ds = ds.to_iter_dataset()
     if num_workers > 0:
@@ -154,3 +156,12 @@ def read_metadata(files: list[str]) -> list[dict[str, Any]]:
         record.pop("image", None)
         out.append(record)
     return out
+
+
+def skip_to_batch(iterator: grain.DatasetIterator, batches_done: int) -> None:
+    """Moves a fresh `train_iterator` to the batch a run of any process count would be at.
+
+    Every process's batch `k` is its slice of global batch `k` (interleaved sharding), so the
+    position in batches is the same on every process, whatever the process count.
+    """
+    iterator.set_state({"next_index": int(batches_done)})

@@ -9,13 +9,17 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from deepfake_jax import train
+from deepfake_jax import distributed, train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and evaluation go.")
 config_flags.DEFINE_config_file("config", None, "An ml_collections config file.",
                                 lock_config=True)
 flags.mark_flags_as_required(["config", "workdir"])
+# Multi-host runs: set these (or DFJ_* variables) unless SLURM / TPU VM detection does it.
+flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0 (multi-process runs).")
+flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.")
+flags.DEFINE_integer("process_id", None, "This process's index in [0, num_processes).")
 
 
 class _QuietLibraries(pylogging.Filter):
@@ -33,6 +37,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.INFO)
     logging.get_absl_handler().addFilter(_QuietLibraries())
+    distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 

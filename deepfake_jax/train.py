@@ -306,8 +306,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     start = ckpt.latest_step()
     if start is not None:
         logging.info("Resuming from checkpoint step %d in %s", start, ckpt.directory)
-        state, train_iter = ckpt.restore(start, abstract_state_like(state, state_shardings),
-                                         train_iter)
+        state, restored_iter = ckpt.restore(start, abstract_state_like(state, state_shardings),
+                                            train_iter)
+        if restored_iter is None:  # saved by a job with another process count
+            logging.warning("Checkpoint %d was written by a job with a different process "
+                            "count: the data stream is re-positioned at its global batch.", start)
+            input_pipeline.skip_to_batch(train_iter, int(jax.device_get(state.step)))
+        else:
+            train_iter = restored_iter
     start = int(jax.device_get(state.step))
 
     writer = logging_utils.MetricWriter(workdir, enabled=jax.process_index() == 0)
