@@ -123,7 +123,7 @@ def create_train_state(config, mesh, tx, *, abstract_only: bool = False):
 
     graphdef = nnx.graphdef(nnx.eval_shape(lambda: build_model(config, rng)))
     abstract = jax.eval_shape(init)
-    shardings = sharding.state_shardings(mesh, abstract)
+    shardings = sharding.state_shardings(mesh, abstract, config.get("mesh"))
     if abstract_only:
         return graphdef, abstract_state_like(abstract, shardings), shardings
     state = jax.jit(init, out_shardings=shardings)()
