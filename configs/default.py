@@ -12,6 +12,7 @@ from ml_collections import config_dict
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0
+    config.kfold = 0  # K > 1: K-fold cross-validation runs (deepfake_jax/kfold.py)
 
     config.data = ml_collections.ConfigDict()
     # A folder written by `python -m data_prep.convert`; unset -> the synthetic data below,

@@ -38,7 +38,12 @@ def main(argv):
     logging.set_verbosity(logging.INFO)
     logging.get_absl_handler().addFilter(_QuietLibraries())
     distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    if FLAGS.config.get("kfold", 0) > 1:
+        from deepfake_jax import kfold
+
+        kfold.run_kfold(FLAGS.config, FLAGS.workdir)
+    else:
+        train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
 def parse_flags(argv: list[str]) -> list[str]:
