@@ -59,6 +59,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                                        async_save=True))
     config.eval = ml_collections.ConfigDict(dict(use_ema=True, threshold_method="eer"))
     config.mesh = ml_collections.ConfigDict(dict(data=-1))  # -1: every device
+    # python -m deepfake_jax.search: what to tune, judged on the validation split (never test).
+    config.search = ml_collections.ConfigDict(dict(
+        metric="roc_auc", split="valid", direction="maximize", num_trials=20,
+        space=(("optimizer.learning_rate", "log", 3e-4, 1e-2),
+               ("optimizer.weight_decay", "log", 1e-3, 0.3),
+               ("model.width", "choice", (16, 32)),
+               ("ema_decay", "choice", (0.99, 0.999))),
+    ))
 
     if arg == "tiny":  # same recipe, test size: seconds on one CPU core
         config.data.synthetic.update(train=48, valid=16, test=16, image_size=32, difficulty=0.0)
