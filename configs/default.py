@@ -41,7 +41,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # neighbouring-pixel residual: keeps the 2-4 px upsampling traces of fakes within reach
     # of the first layers. See README "Default recipe" for the measurements behind it.
     config.model = ml_collections.ConfigDict(dict(
-        variant="18", width=16, stem="small", input_transform="npr"))
+        variant="18", width=16, stem="small", input_transform="npr",
+        dtype="float32"))  # "bfloat16": bf16 compute, float32 weights (GPU/TPU, AVX512-BF16)
     config.num_classes = 1  # one logit: p_fake = sigmoid(logit)
 
     config.optimizer = ml_collections.ConfigDict(dict(

@@ -58,9 +58,18 @@ class TrainState:
 
 def build_model(config: ml_collections.ConfigDict, rng: jax.Array) -> nnx.Module:
     model_kwargs = dict(config.get("model", {}))
+    # `config.model.dtype="bfloat16"`: the compute dtype; params (and the optimizer's master
+    # copy of them) stay float32, and the loss is computed in float32.
+    if isinstance(model_kwargs.get("dtype"), str):
+        model_kwargs["dtype"] = jnp.dtype(model_kwargs["dtype"])
     return models.create_model(
         config.model_name, num_classes=config.num_classes, rngs=nnx.Rngs(rng), **model_kwargs
     )
+
+
+def abstract_model(config: ml_collections.ConfigDict) -> nnx.Module:
+    """The configured model with ShapeDtypeStructs for values (nothing computed)."""
+    return nnx.eval_shape(lambda: build_model(config, jax.random.key(config.seed)))
 
 
 def _split(model: nnx.Module):
