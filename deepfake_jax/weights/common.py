@@ -1,11 +1,16 @@
-"""Helpers shared by the weight importers: layout conversion and nested-dict paths."""
+"""Helpers shared by the weight importers: layout conversion, nested-dict paths, reading
+PyTorch state dicts, and ``assign`` -- matching mapped checkpoint tensors to a model's state
+with head replacement and one error listing every missing / unexpected / mismatched key."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import jax
 import numpy as np
+from flax import nnx
 
 Path = tuple[Any, ...]
 
@@ -46,3 +51,148 @@ def unflatten(flat: dict[Path, Any]) -> dict:
             node = node.setdefault(k, {})
         node[path[-1]] = v
     return out
+
+
+def path_str(path: Path) -> str:
+    return ".".join(map(str, path))
+
+
+# ----------------------------------------------------------------------------- state-dict files
+def _to_numpy(v: Any) -> np.ndarray:
+    if hasattr(v, "detach"):  # torch.Tensor
+        v = v.detach().cpu()
+        if str(v.dtype) == "torch.bfloat16":
+            v = v.float()
+        return v.numpy()
+    return np.asarray(v)
+
+
+def read_state_dict(path: str | Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """A PyTorch-style state dict as numpy arrays, from a file or an in-memory mapping.
+
+    ``.safetensors`` is read with ``safetensors.numpy`` (no PyTorch needed); ``.pth`` / ``.pt``
+    / ``.bin`` with ``torch.load(weights_only=True)``. A ``{"state_dict": ...}`` /
+    ``{"model": ...}`` training-checkpoint wrapper and a ``module.`` (DataParallel) prefix are
+    removed; non-tensor entries are dropped.
+    """
+    if isinstance(path, Mapping):
+        sd = dict(path)
+    elif str(path).endswith(".safetensors"):
+        from safetensors.numpy import load_file
+
+        sd = dict(load_file(str(path)))
+    else:
+        try:
+            import torch
+        except ImportError as e:
+            raise ImportError(
+                f"reading {path} needs PyTorch (torch.load); install torch or convert the "
+                "checkpoint to .safetensors") from e
+        sd = torch.load(str(path), map_location="cpu", weights_only=True)
+    for wrapper in ("state_dict", "model"):  # training-checkpoint wrappers
+        if isinstance(sd.get(wrapper), Mapping):
+            sd = dict(sd[wrapper])
+    if sd and all(str(k).startswith("module.") for k in sd):  # DataParallel / DDP
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    return {k: _to_numpy(v) for k, v in sd.items() if hasattr(v, "shape")}
+
+
+# ----------------------------------------------------------------------------- assignment
+MAX_LISTED = 40  # per kind of problem; the rest is counted
+
+
+class AbstractHeadError(ValueError):
+    """The checkpoint's head does not fit and the (abstract) model has no head to keep."""
+
+
+def listing(items: list[str], sep: str = ", ") -> str:
+    more = len(items) - MAX_LISTED
+    return sep.join(items[:MAX_LISTED]) + (f"{sep}... and {more} more" if more > 0 else "")
+
+
+def assign(
+    state: nnx.State,
+    converted: Mapping[Path, tuple[str, np.ndarray]],
+    *,
+    source: str,
+    key_name: Callable[[Path], str],
+    head: Sequence[str],
+    unexpected: Sequence[str] = (),
+    problems: Sequence[str] = (),
+    adjust: Callable[[Path, np.ndarray, tuple[int, ...]], np.ndarray] | None = None,
+    strict: bool = True,
+    family: str = "import",
+) -> nnx.State:
+    """A copy of ``state`` filled with checkpoint tensors already mapped to our paths.
+
+    ``converted``: our state path -> (checkpoint key, array in our layout). ``key_name(path)``
+    names a model variable in the checkpoint's naming (for "missing" messages). ``head``: the
+    top-level module names of the classifier head; a head whose shape differs from the
+    model's (other class count) or that is absent altogether (headless checkpoint) is
+    *replaced*: the model's own (random) head values are kept. ``adjust(path, value, want)``
+    may reshape a value first (position-embedding interpolation). ``unexpected`` /
+    ``problems``: found by the caller (checkpoint keys with no place, config conflicts).
+
+    Every missing or unexpected key and every shape mismatch is collected; with ``strict``
+    they raise one ``ValueError`` listing all of them. With ``strict=False`` they are logged as
+    a warning and the model's own values stay where nothing fits (needs a concrete model).
+    Leaves not taken from the checkpoint are the very objects of ``state``.
+    """
+    target = flatten(nnx.to_pure_dict(state))
+    head = tuple(head)
+    problems, unexpected = list(problems), list(unexpected)
+    loaded: dict[Path, Any] = {}
+    mismatched: list[str] = []
+    head_replaced = False
+    for p, (name, value) in converted.items():
+        if p not in target:
+            unexpected.append(name)
+            continue
+        want = tuple(target[p].shape)
+        value = np.asarray(value)
+        if adjust is not None and value.shape != want:
+            value = np.asarray(adjust(p, value, want))
+        if value.shape != want:
+            if p[0] in head:
+                head_replaced = True
+                continue
+            mismatched.append(f"{name}: checkpoint {value.shape} (in our layout), model {want}")
+            continue
+        loaded[p] = value.astype(target[p].dtype)
+
+    missing = [p for p in target if p not in loaded and not (head_replaced and p[0] in head)]
+    if missing and all(p[0] in head for p in missing):
+        head_replaced, missing = True, []  # headless checkpoint: keep the model's head
+    if missing:
+        problems.append("missing keys (model variables the checkpoint lacks): "
+                        + listing([f"{path_str(p)} ({key_name(p)})" for p in missing]))
+    if unexpected:
+        problems.append("unexpected keys (checkpoint tensors the model has no place for): "
+                        + listing(sorted(unexpected)))
+    if mismatched:
+        problems.append("shape mismatches: " + listing(mismatched, "; "))
+    if problems:
+        report = f"cannot load {source}:\n  - " + "\n  - ".join(problems)
+        if strict:
+            raise ValueError(report)
+        logging.warning("%s\n(strict=False: the model keeps its own values where nothing fits)",
+                        report)
+
+    kept = [p for p in target if p not in loaded]
+    for p in kept:
+        if isinstance(target[p], jax.ShapeDtypeStruct):
+            raise AbstractHeadError(
+                f"{path_str(p)} is not in the checkpoint (or does not fit) and the model is "
+                "abstract: pass a concrete model to keep its randomly initialised values")
+        loaded[p] = target[p]
+    if head_replaced:
+        logging.info("%s: checkpoint head does not fit the model (%s); head %s kept from the "
+                     "model (random init)", family,
+                     ", ".join(f"{path_str(p)} {tuple(target[p].shape)}" for p in target
+                               if p[0] in head), "/".join(head))
+    logging.info("%s: %d of %d variables loaded from %s", family, len(target) - len(kept),
+                 len(target), source)
+
+    new_state = jax.tree.map(lambda x: x, state)  # a copy: the model stays untouched
+    nnx.replace_by_pure_dict(new_state, unflatten(loaded))
+    return new_state

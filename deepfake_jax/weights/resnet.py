@@ -52,7 +52,8 @@ eval-mode outputs depend on both. The model itself is not changed; apply with::
 Common rules (as ``vit_hf.load_hf_vit``): when the checkpoint's head (``fc`` / ``classifier.1``)
 has another shape than the model's (other class count), or is absent (headless checkpoint),
 the model's own random head is kept. Every other missing or unexpected key and every shape
-mismatch is collected into one ``ValueError``.
+mismatch is collected into one ``ValueError`` (``strict=False``: logged, and the model keeps
+its own values where nothing fits).
 """
 
 from __future__ import annotations
@@ -62,14 +63,18 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-import jax
 import numpy as np
 from flax import nnx
 
 from deepfake_jax.models.resnet import _VARIANTS, Bottleneck, ResNet
-from deepfake_jax.weights.common import Path, flatten, to_ours, unflatten
-
-_MAX_LISTED = 40  # per kind of problem; the rest is counted
+from deepfake_jax.weights.common import (
+    AbstractHeadError,
+    Path,
+    assign,
+    flatten,
+    read_state_dict,
+    to_ours,
+)
 
 _BN_LEAVES = {"scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
 _DROPPED = re.compile(r"(^|\.)num_batches_tracked$")
@@ -137,37 +142,7 @@ def normalize_hf_key(key: str) -> str:
 
 
 # ----------------------------------------------------------------------------- files
-def _to_numpy(v: Any) -> np.ndarray:
-    if hasattr(v, "detach"):  # torch.Tensor
-        v = v.detach().cpu()
-        if str(v.dtype) == "torch.bfloat16":
-            v = v.float()
-        return v.numpy()
-    return np.asarray(v)
-
-
-def read_torchvision_state_dict(path: str | Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """A torchvision-style state dict as numpy arrays, from a file or an in-memory mapping."""
-    if isinstance(path, Mapping):
-        sd = dict(path)
-    elif str(path).endswith(".safetensors"):
-        from safetensors.numpy import load_file
-
-        sd = dict(load_file(str(path)))
-    else:
-        try:
-            import torch
-        except ImportError as e:
-            raise ImportError(
-                f"reading {path} needs PyTorch (torch.load); install torch or convert the "
-                "checkpoint to .safetensors") from e
-        sd = torch.load(str(path), map_location="cpu", weights_only=True)
-    for wrapper in ("state_dict", "model"):  # training-checkpoint wrappers
-        if isinstance(sd.get(wrapper), Mapping):
-            sd = dict(sd[wrapper])
-    if sd and all(str(k).startswith("module.") for k in sd):  # DataParallel / DDP
-        sd = {k[len("module."):]: v for k, v in sd.items()}
-    return {k: _to_numpy(v) for k, v in sd.items() if hasattr(v, "shape")}
+read_torchvision_state_dict = read_state_dict  # the generic reader (wrappers, module. prefix)
 
 
 # ----------------------------------------------------------------------------- config
@@ -221,15 +196,6 @@ def resnet_kwargs_from_hf_config(config: Mapping) -> dict:
 
 
 # ----------------------------------------------------------------------------- import
-class AbstractHeadError(ValueError):
-    """The checkpoint's head does not fit and the (abstract) model has no head to keep."""
-
-
-def _listing(items: list[str], sep: str = ", ") -> str:
-    more = len(items) - _MAX_LISTED
-    return sep.join(items[:_MAX_LISTED]) + (f"{sep}... and {more} more" if more > 0 else "")
-
-
 def _target_state(model_or_state: ResNet | nnx.State) -> tuple[ResNet | None, nnx.State]:
     if isinstance(model_or_state, nnx.Module):
         return model_or_state, nnx.state(model_or_state, nnx.Any(nnx.Param, nnx.BatchStat))
@@ -237,15 +203,10 @@ def _target_state(model_or_state: ResNet | nnx.State) -> tuple[ResNet | None, nn
 
 
 def _load(model_or_state, tensors: Mapping[str, np.ndarray], key_fn, *, source: str,
-          problems: list[str], normalize=lambda k: k) -> nnx.State:
-    model, state = _target_state(model_or_state)
-    target = flatten(nnx.to_pure_dict(state))
-    table = {key_fn(p)[0]: (p, key_fn(p)[1]) for p in target}
-    head = ("fc",)
-
-    loaded: dict[Path, np.ndarray] = {}
-    unexpected, mismatched = [], []
-    head_kept = False
+          problems: list[str], normalize=lambda k: k, strict: bool = True) -> nnx.State:
+    _, state = _target_state(model_or_state)
+    table = {key_fn(p)[0]: (p, key_fn(p)[1]) for p in flatten(nnx.to_pure_dict(state))}
+    converted, unexpected = {}, []
     for raw_key, value in tensors.items():
         key = normalize(raw_key)
         if _DROPPED.search(key):
@@ -254,50 +215,14 @@ def _load(model_or_state, tensors: Mapping[str, np.ndarray], key_fn, *, source: 
             unexpected.append(raw_key)
             continue
         p, kind = table[key]
-        value = to_ours(np.asarray(value), kind)
-        want = tuple(target[p].shape)
-        if value.shape != want:
-            if p[:1] == head:
-                head_kept = True
-                continue
-            mismatched.append(f"{raw_key}: checkpoint {tuple(tensors[raw_key].shape)} -> "
-                              f"{value.shape}, model {want}")
-            continue
-        loaded[p] = value.astype(target[p].dtype)
-
-    missing = [f"{'.'.join(map(str, p))} ({key_fn(p)[0]})" for p in target
-               if p not in loaded and not (head_kept and p[:1] == head)]
-    if missing and all(m.startswith("fc.") for m in missing):
-        head_kept, missing = True, []  # headless checkpoint: keep the model's head
-    if missing:
-        problems.append("missing keys (model variables the checkpoint lacks): "
-                        + _listing(missing))
-    if unexpected:
-        problems.append("unexpected keys (checkpoint tensors the model has no place for): "
-                        + _listing(sorted(unexpected)))
-    if mismatched:
-        problems.append("shape mismatches: " + _listing(mismatched, "; "))
-    if problems:
-        raise ValueError(f"cannot load {source}:\n  - " + "\n  - ".join(problems))
-
-    if head_kept:
-        for p in target:
-            if p[:1] == head:
-                if isinstance(target[p], jax.ShapeDtypeStruct):
-                    raise AbstractHeadError("the checkpoint's head does not fit the model and the "
-                                     "model is abstract: pass a concrete model to keep its "
-                                     "randomly initialised head")
-                loaded[p] = target[p]
-        logging.info("ResNet import: checkpoint head does not fit %d classes; head kept random",
-                     target[("fc", "kernel")].shape[-1])
-
-    new_state = jax.tree.map(lambda x: x, state)  # a copy: the model stays untouched
-    nnx.replace_by_pure_dict(new_state, unflatten(loaded))
-    return new_state
+        converted[p] = (raw_key, to_ours(np.asarray(value), kind))
+    return assign(state, converted, source=source, key_name=lambda p: key_fn(p)[0],
+                  head=("fc",), unexpected=unexpected, problems=problems, strict=strict,
+                  family="ResNet import")
 
 
 def load_torchvision_resnet(model_or_state: ResNet | nnx.State,
-                            path: str | Mapping[str, Any]) -> nnx.State:
+                            path: str | Mapping[str, Any], *, strict: bool = True) -> nnx.State:
     """Params + BatchNorm stats (one ``nnx.State``) from a torchvision / timm ``state_dict``.
 
     ``model_or_state``: a ``ResNet`` (concrete or from ``nnx.eval_shape``) or its
@@ -307,11 +232,11 @@ def load_torchvision_resnet(model_or_state: ResNet | nnx.State,
     tensors = read_torchvision_state_dict(path)
     name = "<state dict>" if isinstance(path, Mapping) else str(path)
     return _load(model_or_state, tensors, torchvision_key,
-                 source=f"torchvision ResNet state dict {name}", problems=[])
+                 source=f"torchvision ResNet state dict {name}", problems=[], strict=strict)
 
 
 def load_hf_resnet(model_or_state: ResNet | nnx.State, path: str, *,
-                   config: Mapping | None = None) -> nnx.State:
+                   config: Mapping | None = None, strict: bool = True) -> nnx.State:
     """Params + BatchNorm stats (one ``nnx.State``) from an HF ``ResNetForImageClassification``.
 
     ``path``: a ``save_pretrained`` folder (``config.json`` + ``model.safetensors``) or a
@@ -331,7 +256,7 @@ def load_hf_resnet(model_or_state: ResNet | nnx.State, path: str, *,
         logging.warning("ResNet import: no config.json for %s; downsample_in_bottleneck is "
                         "assumed False (stride on the 3x3 conv) and cannot be checked", path)
     return _load(model_or_state, tensors, hf_key, source=f"Hugging Face ResNet checkpoint {path}",
-                 problems=problems, normalize=normalize_hf_key)
+                 problems=problems, normalize=normalize_hf_key, strict=strict)
 
 
 def create_resnet_from_hf(path: str, num_classes: int | None = None, *, rngs: nnx.Rngs,

@@ -28,16 +28,15 @@ loads with ``ViTForImageClassification.from_pretrained``.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 
-import jax
 import numpy as np
 from flax import nnx
 
-from deepfake_jax.models.vit import _VARIANTS, HF_LAYER_NORM_EPS, ViT, resize_pos_embed
-from deepfake_jax.weights.common import Path, flatten, to_ours, to_torch, unflatten
+from deepfake_jax.models.vit import _VARIANTS, HF_LAYER_NORM_EPS, ViT
+from deepfake_jax.weights.common import Path, flatten, to_ours, to_torch
+from deepfake_jax.weights.vit_common import POS_EMBED, load_vit, vit_target
 
 _IGNORED = (re.compile(r"^vit\.pooler\."), re.compile(r"^vit\.embeddings\.mask_token$"))
 
@@ -173,31 +172,28 @@ def _check_config(model: ViT, config: dict) -> list[str]:
 
 # ----------------------------------------------------------------------------- import
 def load_hf_vit(model_or_state: ViT | nnx.State, path: str, *,
-                config: dict | None = None) -> nnx.State:
+                config: dict | None = None, strict: bool = True) -> nnx.State:
     """Params (an ``nnx.State`` like ``nnx.state(model, nnx.Param)``) from an HF checkpoint.
 
     ``model_or_state``: a ``ViT`` (concrete or from ``nnx.eval_shape``) or its param state;
     the model itself is not changed -- apply with ``nnx.update(model, params)``. ``path``: a
     ``save_pretrained`` folder or a ``.safetensors`` file. See the module docstring for the
-    head / position-embedding rules and the errors.
+    head / position-embedding rules and the errors (``strict=False``: problems are logged and
+    the model keeps its own values where nothing fits).
     """
     tensors, file_config = read_hf_checkpoint(path)
     config = config if config is not None else file_config
-    model = model_or_state if isinstance(model_or_state, nnx.Module) else None
-    state = nnx.state(model, nnx.Param) if model is not None else model_or_state
-    target = flatten(nnx.to_pure_dict(state))
-
+    model, state = vit_target(model_or_state)
     table = {}
-    for p in target:
+    for p in flatten(nnx.to_pure_dict(state)):
         key, kind = hf_key(p)
         table[key] = (p, kind)
 
     problems: list[str] = []
     if model is not None and config is not None:
         problems += _check_config(model, config)
-    loaded: dict[Path, np.ndarray] = {}
-    unexpected, mismatched = [], []
-    head_kept = False
+    converted: dict[Path, tuple[str, np.ndarray]] = {}
+    unexpected = []
     for raw_key, value in tensors.items():
         key = normalize_hf_key(raw_key)
         if any(p.search(key) for p in _IGNORED):
@@ -206,59 +202,12 @@ def load_hf_vit(model_or_state: ViT | nnx.State, path: str, *,
             unexpected.append(raw_key)
             continue
         p, kind = table[key]
-        value = to_ours(np.asarray(value), kind)
-        want = tuple(target[p].shape)
-        if p == ("position_embeddings",) and value.shape != want and value.shape[-1] == want[-1]:
-            value = np.asarray(resize_pos_embed(
-                value, _model_grid(model, want), old_grid=_ckpt_grid(config, value)))
-            logging.info("ViT import: position embeddings resized %s -> %s",
-                         tensors[raw_key].shape, want)
-        if value.shape != want:
-            if p[0] == "classifier":
-                head_kept = True
-                continue
-            mismatched.append(f"{raw_key}: checkpoint {tuple(tensors[raw_key].shape)} -> "
-                              f"{value.shape}, model {want}")
-            continue
-        loaded[p] = value.astype(target[p].dtype)
-
-    missing = [f"{'.'.join(map(str, p))} ({hf_key(p)[0]})" for p in target
-               if p not in loaded and not (head_kept and p[0] == "classifier")]
-    if missing and all(m.startswith("classifier.") for m in missing):
-        head_kept, missing = True, []  # headless checkpoint (ViTModel): keep the model's head
-    if missing:
-        problems.append("missing keys (model parameters the checkpoint lacks): "
-                        + ", ".join(missing))
-    if unexpected:
-        problems.append("unexpected keys (checkpoint tensors the model has no place for): "
-                        + ", ".join(sorted(unexpected)))
-    if mismatched:
-        problems.append("shape mismatches: " + "; ".join(mismatched))
-    if problems:
-        raise ValueError(f"cannot load Hugging Face ViT checkpoint {path}:\n  - "
-                         + "\n  - ".join(problems))
-
-    if head_kept:
-        for p in target:
-            if p[0] == "classifier":
-                if isinstance(target[p], jax.ShapeDtypeStruct):
-                    raise ValueError("the checkpoint's head does not fit the model and the "
-                                     "model is abstract: pass a concrete model to keep its "
-                                     "randomly initialised head")
-                loaded[p] = target[p]
-        logging.info("ViT import: checkpoint head does not fit %d classes; head kept random",
-                     target[("classifier", "kernel")].shape[-1])
-
-    new_state = jax.tree.map(lambda x: x, state)  # a copy: the model stays untouched
-    nnx.replace_by_pure_dict(new_state, unflatten(loaded))
-    return new_state
-
-
-def _model_grid(model: ViT | None, want: tuple[int, ...]) -> tuple[int, int]:
-    if model is not None:
-        return tuple(model.grid)
-    side = int(round((want[1] - 1) ** 0.5))
-    return side, side
+        converted[p] = (raw_key, to_ours(np.asarray(value), kind))
+    ckpt_grid = (_ckpt_grid(config, converted[POS_EMBED][1]) if POS_EMBED in converted
+                 else None)
+    return load_vit(model_or_state, converted, source=f"Hugging Face ViT checkpoint {path}",
+                    key_name=lambda p: hf_key(p)[0], unexpected=unexpected, problems=problems,
+                    ckpt_grid=ckpt_grid, strict=strict)
 
 
 def _ckpt_grid(config: dict | None, posemb: np.ndarray) -> tuple[int, int] | None:

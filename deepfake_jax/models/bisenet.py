@@ -1,0 +1,315 @@
+"""BiSeNet face parsing (zllrunning/face-parsing.PyTorch) in ``flax.nnx``.
+
+Reference: zllrunning/face-parsing.PyTorch, ``model.py`` + ``resnet.py`` -- the architecture its
+published checkpoint ``79999_iter.pth`` (19 CelebAMask-HQ classes) was saved from. That code
+deletes BiSeNet's separate spatial path: the "spatial" input of the feature fusion is the
+ResNet's 1/8 feature map (``layer2`` output). Forward (channels for ``"resnet18"``)::
+
+    feat8, feat16, feat32 = ResNet-18(x)                     # 128 @1/8, 256 @1/16, 512 @1/32
+    avg    = conv_avg(global_mean(feat32))                   # ConvBNReLU 1x1 512->128, 1x1 map
+    s32    = arm32(feat32) + avg                             # broadcast == nearest up to 1/32
+    cp16   = conv_head32(nearest_up(s32, 1/16))              # ConvBNReLU 3x3 128->128
+    s16    = arm16(feat16) + cp16
+    cp8    = conv_head16(nearest_up(s16, 1/8))
+    fuse   = ffm(feat8, cp8)                                 # concat 256 -> 256
+    out    = bilinear_up(conv_out(fuse))                     # align_corners=True, input size
+    aux16  = bilinear_up(conv_out16(cp8))                    # aux head on the 1/8 map
+    aux32  = bilinear_up(conv_out32(cp16))                   # aux head on the 1/16 map
+
+(``aux16`` / ``aux32`` follow the reference's names ``feat_out16`` / ``feat_out32``.) Modules:
+ConvBNReLU = conv (no bias) + BN + ReLU; AttentionRefinementModule (``arm16``/``arm32``) =
+ConvBNReLU 3x3, then ``sigmoid(bn_atten(conv_atten(mean_hw)))`` multiplies the features;
+FeatureFusionModule (``ffm``) = ConvBNReLU 1x1 on the channel concat [feat8, cp8], attention
+``sigmoid(conv2(relu(conv1(mean_hw))))`` (1x1 convs, no bias, no BN), out = feat * att + feat;
+BiSeNetOutput (``conv_out*``) = ConvBNReLU 3x3 + 1x1 conv (no bias) to the classes.
+The ResNet-18 is torchvision's without the ``fc`` (same blocks as ``models.resnet``).
+
+Resampling exactly as torch: nearest upsampling uses torch's index rule
+(``src = floor(dst * float32(in / out))``, ``dst >> 1`` at exactly 2x), and the final bilinear
+resize with ``align_corners=True`` is done with two small interpolation matrices (one per
+spatial axis; ``jax.image.resize`` has no align_corners). BatchNorm: epsilon 1e-5, flax
+momentum 0.9 == torch momentum 0.1 (torch updates ``running_var`` with the unbiased batch
+variance, flax with the biased one; eval outputs are identical).
+
+Variants: ``"resnet18"`` (the reference: 13,300,416 parameters at 19 classes, ``nnx.Param`` only,
+verified against a PyTorch transcription of the reference in ``tests/test_bisenet.py``) and
+``"tiny"`` (same topology and key names, ResNet width 8 and 16 context channels; tests only).
+
+Input: NHWC, already normalised (the reference uses ImageNet mean/std on RGB in [0, 1]), H and
+W divisible by 32. ``model(x)`` returns the main logits (N, H, W, C); ``model(x, train=True)``
+returns ``(out, aux16, aux32)``, all (N, H, W, C); ``model.all_heads(x)`` gives the tuple in
+either mode (eval-mode parity checks).
+
+Checkpoint ``state_dict`` key -> nnx state path: the nnx tree mirrors the torch modules, so a
+key maps by renaming its leaf -- ``weight`` -> ``kernel`` for convs (OIHW -> HWIO: transpose
+2,3,1,0), BN ``weight/bias/running_mean/running_var`` -> ``scale/bias/mean/var``,
+``num_batches_tracked`` dropped -- with the ResNet blocks named as in ``models.resnet``::
+
+    cp.resnet.conv1.weight / cp.resnet.bn1.*     -> cp.resnet.conv1.kernel / cp.resnet.bn1.*
+    cp.resnet.layerL.i.{conv1,bn1,conv2,bn2}.*   -> cp.resnet.layerL.i.{conv1,bn1,conv2,bn2}.*
+    cp.resnet.layerL.i.downsample.{0,1}.*        -> cp.resnet.layerL.i.downsample_{conv,bn}.*
+    cp.arm{16,32}.conv.{conv,bn}.*               -> cp.arm{16,32}.conv.{conv,bn}.*
+    cp.arm{16,32}.{conv_atten,bn_atten}.*        -> cp.arm{16,32}.{conv_atten,bn_atten}.*
+    cp.{conv_head32,conv_head16,conv_avg}.{conv,bn}.*  -> same path
+    ffm.convblk.{conv,bn}.* / ffm.{conv1,conv2}.weight -> same path
+    conv_out{,16,32}.conv.{conv,bn}.*            -> same path
+    conv_out{,16,32}.conv_out.weight             -> conv_out{,16,32}.conv_out.kernel (classes)
+
+(The importer is ``deepfake_jax.weights.bisenet.load_face_parsing_bisenet``.)
+
+Freezing groups: the backbone is the ResNet-18 inside the context path (``cp.resnet``);
+everything else (context-path refinement, fusion, the three output heads) is the head.
+``HEAD_MODULES`` names the top-level modules that are wholly head; ``head_filter()`` /
+``backbone_filter()`` split ``cp`` at ``cp.resnet`` and together cover every variable.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from deepfake_jax.models import layers, resnet
+from deepfake_jax.models.layers import ParamGroups
+
+# face-parsing.PyTorch: nn.init.kaiming_normal_(w, a=1) on its own convs -> std 1/sqrt(fan_in).
+_head_conv = functools.partial(
+    layers.conv2d, kernel_init=nnx.initializers.variance_scaling(1.0, "fan_in", "normal"))
+
+# variant -> (ResNet-18 base width, context-path channels)
+_VARIANTS: dict[str, tuple[int, int]] = {
+    "resnet18": (64, 128),
+    "tiny": (8, 16),
+}
+VARIANTS: tuple[str, ...] = tuple(_VARIANTS)
+BACKBONE_PATH: tuple[str, ...] = ("cp", "resnet")
+
+
+# ----------------------------------------------------------------------------- resampling
+def torch_nearest_indices(in_size: int, out_size: int) -> np.ndarray:
+    """Source index per output index of torch ``F.interpolate(mode="nearest", size=...)``."""
+    if out_size == in_size:
+        return np.arange(out_size)
+    if out_size == 2 * in_size:
+        return np.arange(out_size) >> 1
+    scale = np.float32(in_size) / np.float32(out_size)  # torch computes this in float32
+    src = np.floor(np.arange(out_size, dtype=np.float32) * scale).astype(np.int64)
+    return np.minimum(src, in_size - 1)
+
+
+def nearest_resize(x: jax.Array, size: tuple[int, int]) -> jax.Array:
+    """NHWC nearest resize with torch's index rule (``F.interpolate(x, size, "nearest")``)."""
+    for axis, out_size in ((1, size[0]), (2, size[1])):
+        in_size = x.shape[axis]
+        if out_size == 2 * in_size:  # BiSeNet's case: a repeat (cheaper gradient than a gather)
+            x = jnp.repeat(x, 2, axis=axis)
+        elif out_size != in_size:
+            x = jnp.take(x, torch_nearest_indices(in_size, out_size), axis=axis)
+    return x
+
+
+def align_corners_matrix(in_size: int, out_size: int) -> np.ndarray:
+    """(out, in) linear-interpolation weights of torch's ``align_corners=True`` resize."""
+    scale = (in_size - 1) / (out_size - 1) if out_size > 1 else 0.0
+    src = np.arange(out_size) * scale
+    lo = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
+    hi = np.minimum(lo + 1, in_size - 1)
+    frac = src - lo
+    m = np.zeros((out_size, in_size))
+    np.add.at(m, (np.arange(out_size), lo), 1.0 - frac)
+    np.add.at(m, (np.arange(out_size), hi), frac)
+    return m
+
+
+def bilinear_resize_align_corners(x: jax.Array, size: tuple[int, int]) -> jax.Array:
+    """NHWC ``F.interpolate(x, size, mode="bilinear", align_corners=True)``."""
+    mh = jnp.asarray(align_corners_matrix(x.shape[1], size[0]), x.dtype)
+    mw = jnp.asarray(align_corners_matrix(x.shape[2], size[1]), x.dtype)
+    x = jnp.einsum("hH,nHWc->nhWc", mh, x)
+    return jnp.einsum("wW,nhWc->nhwc", mw, x)
+
+
+def _global_mean(x: jax.Array) -> jax.Array:
+    return jnp.mean(x, axis=(1, 2), keepdims=True)
+
+
+# ----------------------------------------------------------------------------- modules
+class ConvBNReLU(nnx.Module):
+    """Conv (no bias) + BatchNorm + ReLU; ``conv`` / ``bn`` as in the reference."""
+
+    def __init__(self, cin, cout, k, *, pad, rngs, dtype, param_dtype, momentum):
+        self.conv = _head_conv(cin, cout, k, 1, pad, rngs=rngs, dtype=dtype,
+                               param_dtype=param_dtype)
+        self.bn = resnet._bn(cout, rngs=rngs, dtype=dtype, param_dtype=param_dtype,
+                             momentum=momentum)
+
+    def __call__(self, x, *, train: bool):
+        return jax.nn.relu(self.bn(self.conv(x), use_running_average=not train))
+
+
+class AttentionRefinementModule(nnx.Module):
+    def __init__(self, cin, cout, *, rngs, dtype, param_dtype, momentum):
+        kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+        self.conv = ConvBNReLU(cin, cout, 3, pad=1, momentum=momentum, **kw)
+        self.conv_atten = _head_conv(cout, cout, 1, 1, 0, **kw)
+        self.bn_atten = resnet._bn(cout, momentum=momentum, **kw)
+
+    def __call__(self, x, *, train: bool):
+        feat = self.conv(x, train=train)
+        atten = self.bn_atten(self.conv_atten(_global_mean(feat)), use_running_average=not train)
+        return feat * jax.nn.sigmoid(atten)
+
+
+class FeatureFusionModule(nnx.Module):
+    def __init__(self, cin, cout, *, rngs, dtype, param_dtype, momentum):
+        kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+        self.convblk = ConvBNReLU(cin, cout, 1, pad=0, momentum=momentum, **kw)
+        self.conv1 = _head_conv(cout, cout // 4, 1, 1, 0, **kw)
+        self.conv2 = _head_conv(cout // 4, cout, 1, 1, 0, **kw)
+
+    def __call__(self, fsp, fcp, *, train: bool):
+        feat = self.convblk(jnp.concatenate([fsp, fcp], axis=-1), train=train)
+        atten = jax.nn.sigmoid(self.conv2(jax.nn.relu(self.conv1(_global_mean(feat)))))
+        return feat * atten + feat
+
+
+class BiSeNetOutput(nnx.Module):
+    def __init__(self, cin, mid, num_classes, *, rngs, dtype, param_dtype, momentum):
+        kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+        self.conv = ConvBNReLU(cin, mid, 3, pad=1, momentum=momentum, **kw)
+        self.conv_out = _head_conv(mid, num_classes, 1, 1, 0, **kw)
+
+    def __call__(self, x, *, train: bool):
+        return self.conv_out(self.conv(x, train=train))
+
+
+class ResNet18Features(nnx.Module):
+    """torchvision ResNet-18 without ``fc``, returning the 1/8, 1/16 and 1/32 feature maps.
+
+    Built from ``models.resnet``'s blocks, so names (``layerL.i.downsample_conv`` ...) and the
+    torchvision key mapping are the ResNet's.
+    """
+
+    def __init__(self, width, *, rngs, dtype, param_dtype, momentum):
+        kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+        self.conv1 = resnet._conv(3, width, 7, 2, 3, **kw)
+        self.bn1 = resnet._bn(width, momentum=momentum, **kw)
+        cin = width
+        for si in range(4):
+            planes = width * 2**si
+            blocks = []
+            for bi in range(2):
+                stride = 2 if (si > 0 and bi == 0) else 1
+                blocks.append(resnet.BasicBlock(cin, planes, stride, momentum=momentum,
+                                                zero_last=False, **kw))
+                cin = planes
+            setattr(self, f"layer{si + 1}", nnx.List(blocks))
+
+    def __call__(self, x, *, train: bool):
+        x = jax.nn.relu(self.bn1(self.conv1(x), use_running_average=not train))
+        x = resnet.stem_max_pool(x)
+        feats = []
+        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+            for block in layer:
+                x = block(x, train=train)
+            feats.append(x)
+        return feats[1], feats[2], feats[3]
+
+
+class ContextPath(nnx.Module):
+    def __init__(self, width, mid, *, rngs, dtype, param_dtype, momentum):
+        kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype, momentum=momentum)
+        self.resnet = ResNet18Features(width, **kw)
+        self.arm16 = AttentionRefinementModule(4 * width, mid, **kw)
+        self.arm32 = AttentionRefinementModule(8 * width, mid, **kw)
+        self.conv_head32 = ConvBNReLU(mid, mid, 3, pad=1, **kw)
+        self.conv_head16 = ConvBNReLU(mid, mid, 3, pad=1, **kw)
+        self.conv_avg = ConvBNReLU(8 * width, mid, 1, pad=0, **kw)
+
+    def __call__(self, x, *, train: bool):
+        feat8, feat16, feat32 = self.resnet(x, train=train)
+        avg = self.conv_avg(_global_mean(feat32), train=train)  # (N, 1, 1, mid)
+        feat32_sum = self.arm32(feat32, train=train) + avg  # nearest 1x1 -> HxW == broadcast
+        feat32_up = self.conv_head32(nearest_resize(feat32_sum, feat16.shape[1:3]), train=train)
+        feat16_sum = self.arm16(feat16, train=train) + feat32_up
+        feat16_up = self.conv_head16(nearest_resize(feat16_sum, feat8.shape[1:3]), train=train)
+        return feat8, feat16_up, feat32_up  # 1/8, 1/8, 1/16
+
+
+class BiSeNet(nnx.Module, ParamGroups):
+    """face-parsing.PyTorch BiSeNet. See the module docstring for architecture and naming."""
+
+    HEAD_MODULES: ClassVar[tuple[str, ...]] = ("ffm", "conv_out", "conv_out16", "conv_out32")
+
+    def __init__(
+        self,
+        variant: str = "resnet18",
+        num_classes: int = 19,
+        *,
+        rngs: nnx.Rngs,
+        dtype: Any = jnp.float32,
+        param_dtype: Any = jnp.float32,
+        bn_momentum: float = 0.9,
+    ):
+        variant = str(variant)
+        if variant not in _VARIANTS:
+            raise ValueError(
+                f"Unknown BiSeNet variant {variant!r}; valid variants: {', '.join(VARIANTS)}")
+        width, mid = _VARIANTS[variant]
+        self.variant = variant
+        self.num_classes = num_classes
+        self.dtype = dtype
+        kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype, momentum=bn_momentum)
+        self.cp = ContextPath(width, mid, **kw)
+        self.ffm = FeatureFusionModule(2 * width + mid, 2 * mid, **kw)
+        self.conv_out = BiSeNetOutput(2 * mid, 2 * mid, num_classes, **kw)
+        self.conv_out16 = BiSeNetOutput(mid, mid // 2, num_classes, **kw)
+        self.conv_out32 = BiSeNetOutput(mid, mid // 2, num_classes, **kw)
+
+    @staticmethod
+    def _is_backbone(path: tuple) -> bool:
+        return tuple(str(k) for k in path[:len(BACKBONE_PATH)]) == BACKBONE_PATH
+
+    @classmethod
+    def backbone_filter(cls) -> Callable[[tuple, Any], bool]:
+        """Variables of the ResNet-18 inside the context path (``cp.resnet``)."""
+        return lambda path, _x: cls._is_backbone(path)
+
+    @classmethod
+    def head_filter(cls) -> Callable[[tuple, Any], bool]:
+        """Everything but the backbone (context refinement, fusion, output heads)."""
+        return lambda path, _x: len(path) > 0 and not cls._is_backbone(path)
+
+    def _check_input(self, x) -> jax.Array:
+        x = jnp.asarray(x, self.dtype)
+        if x.ndim != 4 or x.shape[1] % 32 or x.shape[2] % 32:
+            raise ValueError(f"BiSeNet expects NHWC input with height and width divisible by "
+                             f"32, got shape {tuple(x.shape)}")
+        return x
+
+    def all_heads(self, x: jax.Array, *, train: bool = False
+                  ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """``(out, aux16, aux32)`` logits, each (N, H, W, num_classes), in either mode."""
+        x = self._check_input(x)
+        h, w = x.shape[1:3]
+        feat8, cp8, cp16 = self.cp(x, train=train)
+        fused = self.ffm(feat8, cp8, train=train)
+        logits = (self.conv_out(fused, train=train), self.conv_out16(cp8, train=train),
+                  self.conv_out32(cp16, train=train))
+        return tuple(bilinear_resize_align_corners(y, (h, w)) for y in logits)
+
+    def __call__(self, x: jax.Array, *, train: bool = False, rngs: nnx.Rngs | None = None):
+        """Eval: main logits (N, H, W, C). Train: ``(out, aux16, aux32)`` (for the losses)."""
+        del rngs  # no stochastic layers; accepted so every family has the same call signature
+        if train:
+            return self.all_heads(x, train=True)
+        x = self._check_input(x)
+        h, w = x.shape[1:3]
+        feat8, cp8, _ = self.cp(x, train=False)
+        fused = self.ffm(feat8, cp8, train=False)
+        return bilinear_resize_align_corners(self.conv_out(fused, train=False), (h, w))
