@@ -2,16 +2,54 @@
 
 Every op takes the image and an `np.random.Generator` and returns a new uint8 image, so that
 grain's `random_map` (one generator per example, derived from the seed and the example's
-index) makes the whole pipeline deterministic and resumable.
+index) makes the whole pipeline deterministic and resumable. Inputs are never modified.
 
 Crops keep a generator's pixel-level traces; resizing resamples the pixels and blurs them,
-so the default pipeline crops and only resizes images whose size is not the crop size.
+so the default pipeline crops and only resizes images whose size is not the crop size. For
+the same reason `random_resized_crop` (and RandAugment's rotate/shear) are opt-in: they
+interpolate every pixel, which is a low-pass filter on exactly the high-frequency artefacts a
+fake detector looks for.
+
+Presets (`PRESETS`, chosen by `config.augment.preset`; random crop and the horizontal flip of
+`config.input` always come first):
+
+- "none": crop + flip only, bit-identical to the recipe without a `config.augment` block.
+- "light": mild colour jitter, and Gaussian blur and JPEG re-compression each with
+  probability 0.1, sigma ~ U[0, 3], quality ~ U{30..100}: Wang et al. 2020 ("CNN-generated
+  images are surprisingly easy to spot... for now") "Blur+JPEG (0.1)", their best trade-off
+  between clean accuracy and robustness to post-processing.
+- "strong": their most robust setting, "Blur+JPEG (0.5)", plus colour jitter with hue,
+  random grayscale, two photometric RandAugment ops (p 0.3), additive Gaussian noise and
+  random erasing. No resampling ops: they are in `RANDAUGMENT_OPS` and `resized_crop` for
+  whoever wants them. Cost: a JPEG round trip of a 224-px crop takes about as long as
+  decoding the 256-px source, so JPEG at p 0.5 alone halves the images/s of plain decoding;
+  the README's benchmark table gives every op's cost.
+
+`AugmentSchedule` switches from the `preset` to "strong" after `strong_after_epochs` epochs in
+the same run (the input pipeline tells it each example's epoch).
+
+Speed: the four colour-jitter ops are fused into one affine colour matrix (one
+`cv2.transform` pass instead of four; the only difference is that intermediate values are
+not clipped to [0, 255] between them). Noise is read at a random offset from a fixed bank of
+Gaussian samples (drawing 150k fresh normals per 224-px image costs ~10x more than JPEG
+decoding). Blur uses a float separable filter (2x faster than OpenCV's bit-exact uint8
+GaussianBlur, results within 1-2 grey levels). See `bench/augment_throughput.py`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
 import cv2
+import ml_collections
 import numpy as np
+from ml_collections import config_dict
+
+# ----------------------------------------------------------------------------- geometry
 
 
 def resize_short_side(image: np.ndarray, size: int) -> np.ndarray:
@@ -47,9 +85,33 @@ def random_crop(image: np.ndarray, size: int, rng: np.random.Generator) -> np.nd
     return image[top : top + size, left : left + size]
 
 
+def random_resized_crop(image: np.ndarray, size: int, rng: np.random.Generator,
+                        scale: tuple[float, float] = (0.25, 1.0),
+                        ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> np.ndarray:
+    """torchvision's RandomResizedCrop: a box of random area fraction and aspect, resized.
+
+    The resize interpolates every pixel (a blur of the generator's traces): see module doc.
+    """
+    h, w = image.shape[:2]
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        area = h * w * rng.uniform(scale[0], scale[1])
+        aspect = math.exp(rng.uniform(*log_ratio))
+        cw, ch = round(math.sqrt(area * aspect)), round(math.sqrt(area / aspect))
+        if 0 < cw <= w and 0 < ch <= h:
+            top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+            break
+    else:  # no box fitted: the largest centred one within the ratio range
+        ch = cw = min(h, w)
+        top, left = (h - ch) // 2, (w - cw) // 2
+    box = image[top : top + ch, left : left + cw]
+    interp = cv2.INTER_AREA if ch * cw > size * size else cv2.INTER_LINEAR
+    return cv2.resize(box, (size, size), interpolation=interp)
+
+
 def random_flip(image: np.ndarray, rng: np.random.Generator, prob: float = 0.5) -> np.ndarray:
     if rng.random() < prob:
-        return image[:, ::-1]
+        return cv2.flip(image, 1)  # a contiguous copy; ~50x faster than numpy's [:, ::-1] copy
     return image
 
 
@@ -76,18 +138,23 @@ def train_view(
 
 
 # ----------------------------------------------------------------------------- corruptions
-# Real-world degradations for robustness evaluation (and later for training augmentation).
+# Real-world degradations for robustness evaluation (and, through the ops below, training).
 # Levels: jpeg = quality (1-100), blur = Gaussian sigma in px, resize = scale factor (down,
 # then back up to the original size), noise = Gaussian sigma as a fraction of 255.
 
 CORRUPTIONS = ("jpeg", "blur", "resize", "noise")
+_IMREAD_COLOR_RGB = getattr(cv2, "IMREAD_COLOR_RGB", None)
 
 
 def jpeg_recompress(image: np.ndarray, quality: float) -> np.ndarray:
-    ok, buf = cv2.imencode(".jpg", image[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    # cvtColor swaps channels ~15x faster than a numpy [..., ::-1] copy; same bytes.
+    bgr = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
     if not ok:
         raise RuntimeError("OpenCV failed to JPEG-encode an image")
-    return cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1]
+    if _IMREAD_COLOR_RGB is not None:  # OpenCV >= 4.10 decodes straight to RGB
+        return cv2.imdecode(buf, _IMREAD_COLOR_RGB)
+    return cv2.cvtColor(cv2.imdecode(buf, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
 
 
 def gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
@@ -119,3 +186,520 @@ def corrupt(image: np.ndarray, kind: str, level: float, rng: np.random.Generator
     else:
         raise ValueError(f"unknown corruption {kind!r}; choose from {', '.join(CORRUPTIONS)}")
     return np.ascontiguousarray(out)
+
+
+# ----------------------------------------------------------------------------- colour
+# Colour ops as 4x4 homogeneous affine matrices on RGB column vectors: they compose by matrix
+# product, so any sequence of them costs one cv2.transform (which rounds and saturates). The
+# parts that do not depend on the random factor are precomputed (this runs per image).
+
+LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R 601, as torchvision's rgb_to_grayscale
+_RGB_TO_YIQ = np.array([LUMA, [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+_YIQ_TO_RGB = np.linalg.inv(_RGB_TO_YIQ)
+_GREY_ROWS = np.outer(np.ones(3), LUMA)  # x -> its luma in all three channels
+# Hue rotation by theta = _HUE_KEEP + cos(theta) * _HUE_COS + sin(theta) * _HUE_SIN.
+_HUE_KEEP = _YIQ_TO_RGB @ np.diag([1.0, 0.0, 0.0]) @ _RGB_TO_YIQ
+_HUE_COS = _YIQ_TO_RGB @ np.diag([0.0, 1.0, 1.0]) @ _RGB_TO_YIQ
+_HUE_SIN = _YIQ_TO_RGB @ np.array([[0.0, 0, 0], [0, 0, -1], [0, 1, 0]]) @ _RGB_TO_YIQ
+
+
+def _homogeneous(linear: np.ndarray) -> np.ndarray:
+    m = np.eye(4)
+    m[:3, :3] = linear
+    return m
+
+
+def brightness_matrix(factor: float) -> np.ndarray:
+    return np.diag([factor, factor, factor, 1.0])
+
+
+def contrast_matrix(factor: float, mean_gray: float) -> np.ndarray:
+    """Scales the distance to the image's mean grey level (torchvision's adjust_contrast)."""
+    m = np.diag([factor, factor, factor, 1.0])
+    m[:3, 3] = (1.0 - factor) * mean_gray
+    return m
+
+
+def saturation_matrix(factor: float) -> np.ndarray:
+    """Blends with the grey (luma) image: 0 -> grey, 1 -> unchanged, >1 more saturated."""
+    return _homogeneous(factor * np.eye(3) + (1.0 - factor) * _GREY_ROWS)
+
+
+def hue_matrix(shift: float) -> np.ndarray:
+    """Rotates the chroma plane of YIQ by `shift` turns (DALI's hue op); luma and greys stay."""
+    theta = 2.0 * math.pi * shift
+    return _homogeneous(_HUE_KEEP + math.cos(theta) * _HUE_COS + math.sin(theta) * _HUE_SIN)
+
+
+def apply_color_matrix(image: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    linear, offset = matrix[:3, :3], matrix[:3, 3]
+    scale = linear[0, 0]
+    if (linear == np.diag([scale] * 3)).all() and (offset == offset[0]).all():
+        # Brightness/contrast only: cv2.transform takes a ~7x slower path for diagonal
+        # matrices; addWeighted computes the same saturate(round(a*x + b)).
+        return cv2.addWeighted(image, float(scale), image, 0.0, float(offset[0]))
+    return cv2.transform(image, matrix[:3].astype(np.float32))
+
+
+def mean_rgb(image: np.ndarray) -> np.ndarray:
+    # The centre pixel of every 8x8 block: 64x less work than cv2.mean of the whole image
+    # (which costs as much as the colour transform), exact enough for a contrast pivot.
+    return np.array(cv2.mean(image[4::8, 4::8])[:3])
+
+
+def mean_gray(image: np.ndarray) -> float:
+    return float(mean_rgb(image) @ LUMA)
+
+
+def adjust_brightness(image: np.ndarray, factor: float) -> np.ndarray:
+    return apply_color_matrix(image, brightness_matrix(factor))
+
+
+def adjust_contrast(image: np.ndarray, factor: float) -> np.ndarray:
+    return apply_color_matrix(image, contrast_matrix(factor, mean_gray(image)))
+
+
+def adjust_saturation(image: np.ndarray, factor: float) -> np.ndarray:
+    return apply_color_matrix(image, saturation_matrix(factor))
+
+
+def adjust_hue(image: np.ndarray, shift: float) -> np.ndarray:
+    return apply_color_matrix(image, hue_matrix(shift))
+
+
+def to_grayscale(image: np.ndarray) -> np.ndarray:
+    """Luma in all three channels (the model still sees 3 channels)."""
+    return cv2.cvtColor(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
+
+
+# ----------------------------------------------------------------------------- blur, noise, erase
+
+
+def fast_gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
+    """Separable float Gaussian with OpenCV's uint8 kernel size (2*round(3 sigma)+1)."""
+    if sigma <= 0:
+        return image.copy()
+    ksize = int(round(sigma * 3)) * 2 + 1
+    kernel = cv2.getGaussianKernel(ksize, float(sigma), cv2.CV_32F)
+    return cv2.sepFilter2D(image, -1, kernel, kernel, borderType=cv2.BORDER_REFLECT_101)
+
+
+_NOISE_BANK_SCALE = 256.0  # int16 fixed point: 1/256 of a standard deviation
+
+
+@functools.cache
+def _noise_bank(size: int) -> np.ndarray:
+    """`size` standard normal samples (int16, x256), the same in every process (fixed seed)."""
+    normal = np.random.default_rng(0x5EED).standard_normal(size, dtype=np.float32)
+    return np.clip(np.rint(normal * _NOISE_BANK_SCALE), -32767, 32767).astype(np.int16)
+
+
+def add_gaussian_noise(image: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """Additive N(0, (sigma*255)^2) noise per value, read at a random offset of a fixed bank
+    of at least 4x the image's values (2^20 for a 224-px image: 2 MB, built once per process).
+
+    Each image's noise is a run of independent normal samples; two images can share
+    (shifted) runs, which does not matter for augmentation and is ~20x faster than drawing
+    fresh normals. `gaussian_noise` draws fresh samples (for the robustness evaluation).
+    """
+    bank = _noise_bank(max(1 << 20, 1 << (4 * image.size - 1).bit_length()))
+    start = int(rng.integers(0, bank.size - image.size + 1))
+    noise = bank[start : start + image.size].reshape(image.shape)
+    scale = sigma * 255.0 / _NOISE_BANK_SCALE
+    return cv2.addWeighted(np.ascontiguousarray(image), 1.0, noise, scale, 0.0, dtype=cv2.CV_8U)
+
+
+def random_erase(image: np.ndarray, rng: np.random.Generator,
+                 area: tuple[float, float] = (0.02, 0.2), ratio: tuple[float, float] = (0.3, 3.3),
+                 fill: str = "noise") -> np.ndarray:
+    """Random erasing (Zhong et al. 2020): one rectangle of random area and aspect, filled
+    with uniform noise ("noise") or mid grey ("gray")."""
+    out = image.copy()
+    h, w = image.shape[:2]
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = h * w * rng.uniform(*area)
+        aspect = math.exp(rng.uniform(*log_ratio))
+        eh, ew = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
+        if 0 < eh < h and 0 < ew < w:
+            top, left = int(rng.integers(0, h - eh + 1)), int(rng.integers(0, w - ew + 1))
+            if fill == "noise":
+                patch = np.frombuffer(rng.bytes(eh * ew * 3), np.uint8).reshape(eh, ew, 3)
+            else:
+                patch = 128
+            out[top : top + eh, left : left + ew] = patch
+            break
+    return out
+
+
+# ----------------------------------------------------------------------------- RandAugment
+# Cubuk et al. 2020: `num_ops` ops drawn uniformly from a list, magnitude m on a 0-10 scale
+# (here drawn per op from a range). Maximum strengths at m=10 follow timm's rand_augment.
+
+_FILL = (128, 128, 128)
+
+
+def _signed(m: float, max_value: float, rng: np.random.Generator) -> float:
+    return m / 10.0 * max_value * (1 if rng.random() < 0.5 else -1)
+
+
+def _enhance_factor(m: float, rng: np.random.Generator) -> float:
+    return 1.0 + _signed(m, 0.9, rng)
+
+
+def _affine(image: np.ndarray, matrix: np.ndarray, interp: int = cv2.INTER_LINEAR) -> np.ndarray:
+    h, w = image.shape[:2]
+    return cv2.warpAffine(image, matrix.astype(np.float32), (w, h), flags=interp,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=_FILL)
+
+
+def _ra_rotate(image, m, rng):
+    h, w = image.shape[:2]
+    return _affine(image, cv2.getRotationMatrix2D((w / 2 - 0.5, h / 2 - 0.5),
+                                                  _signed(m, 30.0, rng), 1.0))
+
+
+def _ra_shear(axis: int):
+    def op(image, m, rng):
+        s = _signed(m, 0.3, rng)
+        matrix = np.array([[1.0, s, 0.0], [0.0, 1.0, 0.0]] if axis == 0 else
+                          [[1.0, 0.0, 0.0], [s, 1.0, 0.0]])
+        return _affine(image, matrix)
+    return op
+
+
+def _ra_translate(axis: int):
+    def op(image, m, rng):  # whole pixels: a copy with a grey border, nothing resampled
+        size = image.shape[1 - axis]
+        shift = max(-size, min(size, round(_signed(m, 0.45, rng) * size)))
+        out = np.full_like(image, _FILL[0])
+        src = [slice(None), slice(None)]
+        dst = [slice(None), slice(None)]
+        src[1 - axis] = slice(max(0, -shift), size - max(0, shift))
+        dst[1 - axis] = slice(max(0, shift), size - max(0, -shift))
+        out[tuple(dst)] = image[tuple(src)]
+        return out
+    return op
+
+
+def _ra_autocontrast(image, m, rng):
+    """Stretches each channel to [0, 255]: rint((x - lo) * 255 / (hi - lo)) per channel."""
+    extremes = np.array([cv2.minMaxLoc(channel)[:2] for channel in cv2.split(image)])
+    lo, hi = extremes[:, 0], extremes[:, 1]
+    scale = np.where(hi > lo, 255.0 / np.maximum(hi - lo, 1.0), 1.0)
+    lo = np.where(hi > lo, lo, 0.0)
+    shifted = cv2.subtract(image, tuple(float(v) for v in lo) + (0.0,))
+    return cv2.multiply(shifted, tuple(float(v) for v in scale) + (0.0,))
+
+
+def _ra_equalize(image, m, rng):
+    return cv2.merge([cv2.equalizeHist(np.ascontiguousarray(c)) for c in cv2.split(image)])
+
+
+def _ra_solarize(image, m, rng):
+    threshold = 256 - m / 10.0 * 256
+    levels = np.arange(256)
+    return cv2.LUT(image, np.where(levels >= threshold, 255 - levels, levels).astype(np.uint8))
+
+
+def _ra_posterize(image, m, rng):
+    bits = 8 - int(round(m / 10.0 * 4))
+    return np.bitwise_and(image, np.uint8((0xFF << (8 - bits)) & 0xFF))
+
+
+def _ra_sharpness(image, m, rng):
+    # PIL's ImageEnhance.Sharpness: blend with the 3x3 smoothed copy [[1,1,1],[1,5,1],
+    # [1,1,1]]/13 = (9 * box3 + 4 * x) / 13 (factor < 1 blurs); folded into one blend.
+    factor = _enhance_factor(m, rng)
+    box = cv2.blur(image, (3, 3), borderType=cv2.BORDER_REPLICATE)
+    return cv2.addWeighted(image, factor + (1.0 - factor) * 4.0 / 13.0,
+                           box, (1.0 - factor) * 9.0 / 13.0, 0.0)
+
+
+RANDAUGMENT_OPS: dict[str, Callable[[np.ndarray, float, np.random.Generator], np.ndarray]] = {
+    "identity": lambda image, m, rng: image.copy(),
+    "autocontrast": _ra_autocontrast,
+    "equalize": _ra_equalize,
+    "solarize": _ra_solarize,
+    "posterize": _ra_posterize,
+    "sharpness": _ra_sharpness,
+    "brightness": lambda image, m, rng: adjust_brightness(image, _enhance_factor(m, rng)),
+    "contrast": lambda image, m, rng: adjust_contrast(image, _enhance_factor(m, rng)),
+    "color": lambda image, m, rng: adjust_saturation(image, _enhance_factor(m, rng)),
+    "translate_x": _ra_translate(0),
+    "translate_y": _ra_translate(1),
+    "rotate": _ra_rotate,  # resamples: blurs generator traces
+    "shear_x": _ra_shear(0),  # resamples
+    "shear_y": _ra_shear(1),  # resamples
+}
+# Pixel-value ops and whole-pixel shifts: nothing is interpolated.
+PHOTOMETRIC_RANDAUGMENT_OPS = ("identity", "autocontrast", "equalize", "solarize", "posterize",
+                               "sharpness", "brightness", "contrast", "color", "translate_x",
+                               "translate_y")
+
+
+def rand_augment(image: np.ndarray, rng: np.random.Generator, num_ops: int = 2,
+                 magnitude: tuple[float, float] = (0.0, 9.0),
+                 ops: tuple[str, ...] = PHOTOMETRIC_RANDAUGMENT_OPS) -> np.ndarray:
+    out = image
+    for _ in range(int(num_ops)):
+        name = ops[int(rng.integers(len(ops)))]
+        out = RANDAUGMENT_OPS[name](out, float(rng.uniform(*magnitude)), rng)
+    return out if out is not image else image.copy()
+
+
+# ----------------------------------------------------------------------------- the op table
+# Each op: (image, rng, **its range parameters) -> new uint8 image, drawing its strength from
+# the ranges. Policies apply them in this order, each with its own probability. Ranges are
+# (low, high) tuples sampled uniformly (JPEG quality: integers, both ends included).
+
+
+def _op_brightness(image, rng, factor):
+    return adjust_brightness(image, rng.uniform(*factor))
+
+
+def _op_contrast(image, rng, factor):
+    return adjust_contrast(image, rng.uniform(*factor))
+
+
+def _op_saturation(image, rng, factor):
+    return adjust_saturation(image, rng.uniform(*factor))
+
+
+def _op_hue(image, rng, shift):
+    return adjust_hue(image, rng.uniform(*shift))
+
+
+def _op_grayscale(image, rng):
+    return to_grayscale(image)
+
+
+def _op_blur(image, rng, sigma):
+    return fast_gaussian_blur(image, rng.uniform(*sigma))
+
+
+def _op_noise(image, rng, sigma):
+    return add_gaussian_noise(image, rng.uniform(*sigma), rng)
+
+
+def _op_jpeg(image, rng, quality):
+    return jpeg_recompress(image, int(rng.integers(quality[0], quality[1] + 1)))
+
+
+OPS: dict[str, Callable[..., np.ndarray]] = {
+    "brightness": _op_brightness,
+    "contrast": _op_contrast,
+    "saturation": _op_saturation,
+    "hue": _op_hue,
+    "grayscale": _op_grayscale,
+    "randaugment": rand_augment,
+    "blur": _op_blur,
+    "noise": _op_noise,
+    "jpeg": _op_jpeg,
+    "erasing": random_erase,
+}
+COLOR_OPS = ("brightness", "contrast", "saturation", "hue")  # fused into one colour matrix
+
+# Every knob with its default (prob 0 = off). `resized_crop` replaces the random crop with
+# that probability (it needs the crop size, so it is not in OPS).
+OP_DEFAULTS: dict[str, dict[str, Any]] = {
+    "resized_crop": dict(prob=0.0, scale=(0.25, 1.0), ratio=(3 / 4, 4 / 3)),
+    "brightness": dict(prob=0.0, factor=(0.8, 1.2)),
+    "contrast": dict(prob=0.0, factor=(0.8, 1.2)),
+    "saturation": dict(prob=0.0, factor=(0.8, 1.2)),
+    "hue": dict(prob=0.0, shift=(-0.05, 0.05)),  # turns of the colour wheel
+    "grayscale": dict(prob=0.0),
+    "randaugment": dict(prob=0.0, num_ops=2, magnitude=(0.0, 9.0),
+                        ops=PHOTOMETRIC_RANDAUGMENT_OPS),
+    "blur": dict(prob=0.0, sigma=(0.0, 3.0)),  # px
+    "noise": dict(prob=0.0, sigma=(0.0, 0.03)),  # fraction of 255
+    "jpeg": dict(prob=0.0, quality=(30, 100)),
+    "erasing": dict(prob=0.0, area=(0.02, 0.2), ratio=(0.3, 3.3), fill="noise"),
+}
+
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "none": {},
+    "light": {
+        "brightness": dict(prob=0.3, factor=(0.9, 1.1)),
+        "contrast": dict(prob=0.3, factor=(0.9, 1.1)),
+        "saturation": dict(prob=0.3, factor=(0.9, 1.1)),
+        "blur": dict(prob=0.1, sigma=(0.0, 3.0)),
+        "jpeg": dict(prob=0.1, quality=(30, 100)),
+    },
+    "strong": {
+        "brightness": dict(prob=0.5, factor=(0.7, 1.3)),
+        "contrast": dict(prob=0.5, factor=(0.7, 1.3)),
+        "saturation": dict(prob=0.5, factor=(0.7, 1.3)),
+        "hue": dict(prob=0.3, shift=(-0.05, 0.05)),
+        "grayscale": dict(prob=0.05),
+        "randaugment": dict(prob=0.3, num_ops=2, magnitude=(0.0, 9.0),
+                            ops=PHOTOMETRIC_RANDAUGMENT_OPS),
+        "blur": dict(prob=0.5, sigma=(0.0, 3.0)),
+        "noise": dict(prob=0.2, sigma=(0.0, 0.03)),
+        "jpeg": dict(prob=0.5, quality=(30, 100)),
+        "erasing": dict(prob=0.25, area=(0.02, 0.2), ratio=(0.3, 3.3), fill="noise"),
+    },
+}
+
+
+def apply_op(name: str, image: np.ndarray, rng: np.random.Generator, **params) -> np.ndarray:
+    """One op of `OPS` (always applied; `params` override its defaults, `prob` is ignored)."""
+    if name not in OPS:
+        raise ValueError(f"unknown augmentation op {name!r}; choose from {', '.join(OPS)}")
+    kwargs = {k: v for k, v in (OP_DEFAULTS[name] | params).items() if k != "prob"}
+    return OPS[name](image, rng, **kwargs)
+
+
+# ----------------------------------------------------------------------------- policies
+
+
+def _validated(name: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    where = f"augment op {name!r}"
+    if name not in OP_DEFAULTS:
+        raise ValueError(f"unknown augment op {name!r}; choose from {', '.join(OP_DEFAULTS)}")
+    unknown = set(params) - set(OP_DEFAULTS[name])
+    if unknown:
+        raise ValueError(f"{where}: unknown setting(s) {sorted(unknown)}; "
+                         f"it takes {sorted(OP_DEFAULTS[name])}")
+    out = dict(OP_DEFAULTS[name]) | dict(params)
+    if not 0.0 <= float(out["prob"]) <= 1.0:
+        raise ValueError(f"{where}: prob={out['prob']} is not in [0, 1]")
+    for key, value in out.items():
+        if isinstance(OP_DEFAULTS[name][key], tuple) and key != "ops":
+            if len(value) != 2 or float(value[0]) > float(value[1]):
+                raise ValueError(f"{where}: {key}={tuple(value)} must be a (low, high) range")
+            out[key] = tuple(value)
+    if name == "jpeg" and not 1 <= out["quality"][0] <= out["quality"][1] <= 100:
+        raise ValueError(f"{where}: quality={out['quality']} must lie within 1..100")
+    if name == "erasing" and out["fill"] not in ("noise", "gray"):
+        raise ValueError(f"{where}: fill={out['fill']!r}; choose 'noise' or 'gray'")
+    if name == "randaugment":
+        bad = [op for op in out["ops"] if op not in RANDAUGMENT_OPS]
+        if bad or not out["ops"]:
+            raise ValueError(f"{where}: unknown ops {bad or '(empty list)'}; "
+                             f"choose from {', '.join(RANDAUGMENT_OPS)}")
+        out["ops"] = tuple(out["ops"])
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentPolicy:
+    """Crop and flip, then the ops of `OPS` in table order, each with its probability."""
+
+    # (name, settings) for the ops with prob > 0, in OPS order.
+    ops: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
+    resized_crop: tuple[tuple[str, Any], ...] | None = None
+
+    @classmethod
+    def from_dict(cls, settings: Mapping[str, Mapping[str, Any]]) -> AugmentPolicy:
+        checked = {name: _validated(name, params) for name, params in settings.items()}
+        ops = tuple((name, tuple(checked[name].items())) for name in OPS
+                    if name in checked and checked[name]["prob"] > 0)
+        crop = checked.get("resized_crop")
+        return cls(ops=ops, resized_crop=tuple(crop.items()) if crop and crop["prob"] > 0
+                   else None)
+
+    @classmethod
+    def preset(cls, name: str, overrides: Mapping[str, Mapping[str, Any]] | None = None):
+        if name not in PRESETS:
+            raise ValueError(f"unknown augment preset {name!r}; choose from {', '.join(PRESETS)}")
+        settings = {op: dict(p) for op, p in PRESETS[name].items()}
+        for op, params in (overrides or {}).items():
+            settings[op] = settings.get(op, {}) | dict(params)
+        return cls.from_dict(settings)
+
+    @property
+    def op_names(self) -> tuple[str, ...]:
+        return (("resized_crop",) if self.resized_crop else ()) + tuple(n for n, _ in self.ops)
+
+    def __call__(self, image: np.ndarray, rng: np.random.Generator, crop_size: int,
+                 flip_prob: float = 0.5, resize_to: int | None = None) -> np.ndarray:
+        if not self.ops and not self.resized_crop:  # the plain recipe, draw for draw
+            return train_view(image, rng, crop_size, flip_prob, resize_to)
+        if resize_to:
+            image = resize_short_side(image, resize_to)
+        crop = dict(self.resized_crop or ())
+        if crop and rng.random() < crop["prob"]:
+            image = random_resized_crop(image, crop_size, rng, crop["scale"], crop["ratio"])
+        else:
+            image = random_crop(image, crop_size, rng)
+        image = np.ascontiguousarray(random_flip(image, rng, flip_prob))
+        color = None  # the fused colour-jitter matrix, applied before the first non-colour op
+        for name, params in self.ops:
+            params = dict(params)
+            if rng.random() >= params.pop("prob"):
+                continue
+            if name in COLOR_OPS:
+                color = _add_color_op(color, name, params, image, rng)
+                continue
+            if color is not None:
+                image, color = apply_color_matrix(image, color), None
+            image = OPS[name](image, rng, **params)
+        if color is not None:
+            image = apply_color_matrix(image, color)
+        return image
+
+
+def _add_color_op(matrix: np.ndarray | None, name: str, params: dict[str, Any],
+                  image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    if name == "brightness":
+        step = brightness_matrix(rng.uniform(*params["factor"]))
+    elif name == "contrast":
+        # The grey mean of the image as the ops so far left it (before clipping).
+        means = mean_rgb(image)
+        if matrix is not None:
+            means = matrix[:3, :3] @ means + matrix[:3, 3]
+        step = contrast_matrix(rng.uniform(*params["factor"]), float(LUMA @ means))
+    elif name == "saturation":
+        step = saturation_matrix(rng.uniform(*params["factor"]))
+    else:
+        step = hue_matrix(rng.uniform(*params["shift"]))
+    return step if matrix is None else step @ matrix
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentSchedule:
+    """`before` for epochs < `switch_epoch`, then `after` (epochs count from 0)."""
+
+    before: AugmentPolicy
+    after: AugmentPolicy | None = None
+    switch_epoch: int | None = None
+
+    def policy_at(self, epoch: int) -> AugmentPolicy:
+        if self.after is not None and epoch >= self.switch_epoch:
+            return self.after
+        return self.before
+
+    @classmethod
+    def from_config(cls, augment_config: Any) -> AugmentSchedule:
+        """From `config.augment`: `preset`, optional `strong_after_epochs`, and optional
+        per-preset blocks `light` / `strong` ({op: {prob, ranges}}) that override PRESETS."""
+        cfg = _to_dict(augment_config)
+        unknown = set(cfg) - {"preset", "strong_after_epochs", *PRESETS}
+        if unknown:
+            raise ValueError(f"config.augment: unknown key(s) {sorted(unknown)}; expected preset, "
+                             f"strong_after_epochs and per-preset blocks {', '.join(PRESETS)}")
+        name = cfg.get("preset") or "none"
+        policy = lambda n: AugmentPolicy.preset(n, cfg.get(n))
+        switch = cfg.get("strong_after_epochs")
+        if switch is None:
+            return cls(policy(name))
+        if name == "strong" or int(switch) < 0:
+            raise ValueError(f"config.augment.strong_after_epochs={switch} switches from the "
+                             f"preset to 'strong': use preset 'none' or 'light' and N >= 0")
+        return cls(policy(name), policy("strong"), int(switch))
+
+
+def _to_dict(value: Any) -> dict[str, Any]:
+    return value.to_dict() if hasattr(value, "to_dict") else dict(value)
+
+
+def default_config(preset: str = "none") -> ml_collections.ConfigDict:
+    """The `config.augment` block: the preset, the schedule, and every preset's knobs
+    (`--config.augment.strong.jpeg.prob=0.3` edits one)."""
+    config = ml_collections.ConfigDict({
+        name: {op: dict(OP_DEFAULTS[op]) | dict(params) for op, params in ops.items()}
+        for name, ops in PRESETS.items() if ops})
+    config.preset = preset
+    config.strong_after_epochs = config_dict.placeholder(int)  # light -> strong at this epoch
+    return config

@@ -1,0 +1,169 @@
+"""Augmentation throughput per CPU core at 224 px, next to pure JPEG decoding in the same run.
+
+    python bench/augment_throughput.py [--images-dir DIR] [--images 256] [--image-size 256]
+        [--crop 224] [--repeats 5]
+
+Rates are images per CPU-second of this process (`time.process_time`), i.e. per core: OpenCV
+is pinned to one thread, and CPU time, unlike wall time, does not count the time other
+processes on a shared machine take from us. Medians over `--repeats` passes.
+
+Rows: (a) `cv2.imdecode` alone (the floor every pipeline pays); (b) the project's checked RGB
+decode; decode + random crop + flip + preset none / light / strong; each op alone on 224-px
+crops (prob 1, default ranges) and decode + crop + that op; last, the grain training
+pipeline (ArrayRecord read, msgpack, shuffle, decode, augment, batch; no threads). "vs (a)" is the
+rate relative to pure decoding timed alongside in each repeat (goal for the strong preset:
+>= 0.5).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _cpu_seconds(fn) -> float:
+    t0 = time.process_time()
+    fn()
+    return max(time.process_time() - t0, 1e-9)
+
+
+def _paired(fn, count: int, decode, decode_count: int, repeats: int) -> tuple[float, float]:
+    """(median images per CPU-second of fn, median ratio to `decode` measured alongside).
+
+    Each repeat times `decode` right before `fn`, so load from other processes on a shared
+    machine (which slows both) largely cancels in the ratio.
+    """
+    fn()  # warm-up: caches, lazily built tables (noise bank), grain threads
+    rates, ratios = [], []
+    for _ in range(repeats):
+        decode_rate = decode_count / _cpu_seconds(decode)
+        rate = count / _cpu_seconds(fn)
+        rates.append(rate)
+        ratios.append(rate / decode_rate)
+    return statistics.median(rates), statistics.median(ratios)
+
+
+def _load_blobs(args, tmp: str) -> tuple[list[bytes], list[int], str]:
+    if args.images_dir:
+        paths = sorted(glob.glob(os.path.join(args.images_dir, "**", "*.jp*g"), recursive=True))
+        if not paths:
+            sys.exit(f"--images-dir {args.images_dir}: no .jpg/.jpeg files found")
+        paths = paths[: args.images]
+        what = f"{len(paths)} JPEGs from {args.images_dir}"
+    else:
+        from data_prep import synthetic
+
+        synthetic.generate_140k(tmp, {"train": max(1, args.images // 2)},
+                                image_size=args.image_size, seed=0)
+        paths = sorted(glob.glob(os.path.join(tmp, "**", "*.jpg"), recursive=True))
+        what = f"{len(paths)} synthetic {args.image_size}-px JPEGs"
+    blobs = []
+    for p in paths:
+        with open(p, "rb") as f:
+            blobs.append(f.read())
+    labels = [int("fake" in os.path.relpath(p, args.images_dir or tmp).split(os.sep))
+              for p in paths]
+    return blobs, labels, what
+
+
+def _write_array_record(blobs: list[bytes], labels: list[int], path: str) -> None:
+    from array_record.python.array_record_module import ArrayRecordWriter
+
+    from deepfake_jax import records
+
+    writer = ArrayRecordWriter(path, "group_size:1")
+    for i, (blob, label) in enumerate(zip(blobs, labels, strict=True)):
+        writer.write(records.encode_record(blob, label, f"img{i}.jpg", ""))
+    writer.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--images-dir", help="a folder of JPEGs (default: generate synthetic)")
+    parser.add_argument("--images", type=int, default=256)
+    parser.add_argument("--image-size", type=int, default=256, help="synthetic images only")
+    parser.add_argument("--crop", type=int, default=224)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+
+    import cv2
+
+    from deepfake_jax import augment, input_pipeline
+    from deepfake_jax.image_io import decode_image_rgb
+
+    cv2.setNumThreads(1)
+    crop = args.crop
+    rows: list[tuple[str, float | None, float]] = []  # (what, images/s, ratio to (a))
+    with tempfile.TemporaryDirectory() as tmp:
+        blobs, labels, what = _load_blobs(args, os.path.join(tmp, "images"))
+        n = len(blobs)
+        print(f"{what}; crop {crop}; medians of {args.repeats}; cv2 threads 1", flush=True)
+        arrays = [np.frombuffer(b, np.uint8) for b in blobs]
+        rngs = [np.random.default_rng(i) for i in range(n)]
+
+        decode = lambda: [cv2.imdecode(a, cv2.IMREAD_COLOR) for a in arrays]  # noqa: E731
+        measure = lambda fn, count=n: _paired(fn, count, decode, n, args.repeats)  # noqa: E731
+        rows.append(("(a) cv2.imdecode only", *measure(decode)))
+        rows.append(("(b) decode_image_rgb (RGB, checks)",
+                     *measure(lambda: [decode_image_rgb(b) for b in blobs])))
+
+        policies = {name: augment.AugmentPolicy.preset(name) for name in augment.PRESETS}
+        cheaper = {"blur": {"prob": 0.25}, "jpeg": {"prob": 0.25}}
+        variants = policies | {"strong, blur+jpeg p 0.25": augment.AugmentPolicy.preset(
+            "strong", cheaper)}
+        for name, policy in variants.items():
+            rows.append((f"decode + crop + flip + preset {name}", *measure(
+                lambda p=policy: [p(decode_image_rgb(b), r, crop) for b, r in
+                                  zip(blobs, rngs, strict=True)])))
+
+        crops = [augment.center_crop(decode_image_rgb(b), crop).copy() for b in blobs]
+        rows.append((f"--- each op alone on {crop}-px crops (prob 1): images/s | "
+                     "decode+crop+op vs (a)", None, 0.0))
+        for name in augment.OPS:
+            alone, _ = measure(lambda name=name: [augment.apply_op(name, c, r) for c, r in
+                                                  zip(crops, rngs, strict=True)])
+            _, with_decode = measure(lambda name=name: [augment.apply_op(
+                name, augment.random_crop(decode_image_rgb(b), crop, r), r)
+                for b, r in zip(blobs, rngs, strict=True)])
+            rows.append((f"  {name}", alone, with_decode))
+        alone, _ = measure(lambda: [augment.random_resized_crop(c, crop, r) for c, r in
+                                    zip(crops, rngs, strict=True)])
+        rows.append(("  resized_crop (instead of random crop)", alone, float("nan")))
+        for name, op in augment.RANDAUGMENT_OPS.items():
+            alone, _ = measure(lambda op=op: [op(c, 5.0, r) for c, r in
+                                              zip(crops, rngs, strict=True)])
+            rows.append((f"  randaugment {name} (m=5)", alone, float("nan")))
+
+        # grain with no prefetch threads: the work happens inside next(), on this core.
+        files = [os.path.join(tmp, "train.array_record")]
+        _write_array_record(blobs, labels, files[0])
+        batch = 32
+        num_batches = max(4, n // batch)
+        for name in ("none", "strong"):
+            pre = input_pipeline.Preprocess(
+                crop, augment=augment.AugmentSchedule(policies[name]))
+            it = input_pipeline.train_iterator(files, pre, batch, seed=0, read_threads=0)
+            rows.append((f"grain train pipeline, preset {name}, no threads", *measure(
+                lambda it=it: [next(it) for _ in range(num_batches)], num_batches * batch)))
+            it.close()
+
+    print(f"\n{'what':58s} {'images/s/core':>14s} {'vs (a)':>8s}")
+    for label, rate, ratio in rows:
+        if rate is None:
+            print(label)
+            continue
+        ratio_s = "" if ratio != ratio else f"{ratio:.2f}x"  # NaN: not measured with decode
+        print(f"{label:58s} {rate:14.0f} {ratio_s:>8s}")
+
+
+if __name__ == "__main__":
+    main()
