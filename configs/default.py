@@ -8,6 +8,8 @@
 import ml_collections
 from ml_collections import config_dict
 
+from deepfake_jax import augment
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
@@ -35,6 +37,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.input.num_workers = 0  # grain worker processes for decoding/augmentation
     config.input.mean = (0.485, 0.456, 0.406)
     config.input.std = (0.229, 0.224, 0.225)
+    # After crop + flip. preset "none" = crop + flip only (this recipe); "light"/"strong": see
+    # deepfake_jax/augment.py. Every op's prob and range is in augment.light / augment.strong,
+    # e.g. --config.augment.preset=light --config.augment.strong_after_epochs=10
+    #      --config.augment.strong.jpeg.quality="(50, 100)"
+    config.augment = augment.default_config(preset="none")
+    config.mixup_alpha = 0.0  # > 0: MixUp with lam ~ Beta(alpha, alpha) per batch
+    config.label_smoothing = 0.0  # binary targets y*(1-eps) + eps/2
 
     config.model_name = "resnet"
     # A ResNet-18 at 1/4 width with the small-image stem (no 4x early downsampling) on the
@@ -44,10 +53,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         variant="18", width=16, stem="small", input_transform="npr",
         dtype="float32"))  # "bfloat16": bf16 compute, float32 weights (GPU/TPU, AVX512-BF16)
     config.num_classes = 1  # one logit: p_fake = sigmoid(logit)
+    # pretrained weights for a new run (README "Models"): path, format, strict; "" = none
+    config.init_from = ml_collections.ConfigDict(dict(path="", format="", strict=True))
 
     config.optimizer = ml_collections.ConfigDict(dict(
         name="adamw", learning_rate=3e-3, weight_decay=0.05, b1=0.9, b2=0.999,
         warmup_steps=50, schedule="cosine", end_lr_factor=0.01, grad_clip_norm=1.0,
+        freeze=config_dict.placeholder(str),  # "backbone" | "head": zero updates for that group
     ))
     config.num_epochs = 20
     config.num_train_steps = config_dict.placeholder(int)  # overrides num_epochs when set

@@ -54,7 +54,8 @@ def run_dataset_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
 def restore_state(config, workdir: str, checkpoint: str, mesh):
     """(graphdef, state, step) restored onto `mesh`, whatever device count wrote it."""
     tx, _ = train.build_optimizer(config.optimizer, max(int(config.get("num_train_steps")
-                                                            or 1), 1))
+                                                            or 1), 1),
+                                  model=train.abstract_model(config))
     graphdef, abstract, _ = train.create_train_state(config, mesh, tx, abstract_only=True)
     ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
                                       keep_best=config.checkpoint.keep_best)

@@ -2,6 +2,9 @@
 
 Train:  source -> global shuffle (new order each epoch) -> repeat -> this process's shard ->
         decode + augment (random_map: per-example RNG from seed and index) -> batch
+        The augmentation policy can change with the epoch (`augment.AugmentSchedule`); each
+        example's epoch follows from its position in the repeated stream, so the switch
+        happens at the same example in a resumed run and with any number of processes.
 Eval:   source -> this process's shard -> decode + center crop -> padded batches with a mask
 
 Batches are host numpy dicts (`image` uint8 NHWC, `label` int32, ...); `sharding.host_to_global`
@@ -32,13 +35,19 @@ class Preprocess:
     # Eval only: (kind, level) applied to the full decoded image before the eval view, as a
     # degradation of the file itself would be (see augment.corrupt).
     corruption: tuple[str, float] | None = None
+    # Train only: photometric/JPEG/... augmentation after crop and flip, by epoch. None: crop
+    # and flip only (the same as preset "none").
+    augment: augment.AugmentSchedule | None = None
 
     @classmethod
-    def from_config(cls, input_config: Any) -> Preprocess:
+    def from_config(cls, input_config: Any, augment_config: Any = None) -> Preprocess:
+        """From `config.input` and (optionally) `config.augment`."""
         return cls(
             crop_size=int(input_config.crop_size),
             resize_to=input_config.get("resize_to") or None,
             flip_prob=float(input_config.get("flip_prob", 0.5)),
+            augment=(augment.AugmentSchedule.from_config(augment_config)
+                     if augment_config is not None else None),
         )
 
 
@@ -47,14 +56,27 @@ def _decode(raw: bytes) -> tuple[np.ndarray, dict[str, Any]]:
     return decode_image_rgb(record["image"], record.get("path", "<record>")), record
 
 
-class _TrainTransform(grain.transforms.RandomMap):
-    def __init__(self, preprocess: Preprocess):
-        self.preprocess = preprocess
+def _with_index(index: int, raw: bytes) -> tuple[int, bytes]:
+    return index, raw
 
-    def random_map(self, raw: bytes, rng: np.random.Generator) -> dict[str, np.ndarray]:
+
+class _TrainTransform(grain.transforms.RandomMap):
+    """Decode + augment one (position in the repeated global stream, record) pair."""
+
+    def __init__(self, preprocess: Preprocess, num_examples: int):
+        self.preprocess = preprocess
+        self.num_examples = num_examples
+
+    def random_map(self, element: tuple[int, bytes], rng: np.random.Generator
+                   ) -> dict[str, np.ndarray]:
+        position, raw = element
         image, record = _decode(raw)
         p = self.preprocess
-        image = augment.train_view(image, rng, p.crop_size, p.flip_prob, p.resize_to)
+        if p.augment is None:
+            image = augment.train_view(image, rng, p.crop_size, p.flip_prob, p.resize_to)
+        else:
+            policy = p.augment.policy_at(position // self.num_examples)  # the epoch
+            image = policy(image, rng, p.crop_size, p.flip_prob, p.resize_to)
         return {"image": image, "label": np.int32(record["label"])}
 
 
@@ -91,19 +113,29 @@ def train_iterator(
     process_index: int = 0,
     process_count: int = 1,
     num_workers: int = 0,
+    transform: grain.transforms.RandomMap | None = None,
+    read_threads: int | None = None,
 ) -> grain.DatasetIterator:
-    """An endless, checkpointable iterator of this process's part of each global batch."""
+    """An endless, checkpointable iterator of this process's part of each global batch.
+
+    `transform`: decode + augment of one (stream position, record) pair; default the
+    classification view of `preprocess` (face parsing passes `seg_pipeline.TrainTransform`).
+    `read_threads`: grain's prefetch threads in this process (None: grain's default; 0: work
+    happens inside next(), as benchmarks per core need).
+    """
     if global_batch_size % process_count:
         raise ValueError(f"batch size {global_batch_size} not divisible by {process_count} hosts")
-    ds = _source(files).shuffle(seed=seed).repeat(None)
+    source = _source(files)
+    ds = source.shuffle(seed=seed).repeat(None).map_with_index(_with_index)
     # Augmentation randomness keyed by the global stream position (mapped before sharding),
     # so an example gets the same crop/flip whatever the process count.
-    ds = ds.random_map(_TrainTransform(preprocess), seed=seed)
+    ds = ds.random_map(transform or _TrainTransform(preprocess, len(source)), seed=seed)
     # Interleaved sharding: process i takes global positions i, i+P, ... of the shuffled stream,
     # so every global batch is a contiguous slice of that stream, whatever the process count.
     ds = ds[process_index::process_count]
     ds = ds.batch(global_batch_size // process_count, drop_remainder=True)
-    it_ds = ds.to_iter_dataset()
+    it_ds = ds.to_iter_dataset(None if read_threads is None else grain.ReadOptions(
+        num_threads=read_threads, prefetch_buffer_size=max(1, 2 * read_threads)))
     if num_workers > 0:
         if not flags.FLAGS.is_parsed():  # grain workers read absl flags; outside app.run
             flags.FLAGS.mark_as_parsed()  # (scripts, notebooks) they would be unparsed
@@ -165,3 +197,4 @@ def skip_to_batch(iterator: grain.DatasetIterator, batches_done: int) -> None:
     position in batches is the same on every process, whatever the process count.
     """
     iterator.set_state({"next_index": int(batches_done)})
+

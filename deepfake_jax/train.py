@@ -23,6 +23,7 @@ import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from absl import logging
 from flax import nnx
@@ -85,6 +86,11 @@ def weight_decay_mask(params: Any) -> Any:
 def learning_rate_schedule(opt_config: ml_collections.ConfigDict, total_steps: int):
     peak = float(opt_config.learning_rate)
     warmup = min(int(opt_config.warmup_steps), max(total_steps - 1, 0))
+    if opt_config.get("schedule", "cosine") == "poly":  # BiSeNet's (1 - t/T)^power decay
+        decay = optax.polynomial_schedule(
+            peak, peak * float(opt_config.get("end_lr_factor", 0.0)),
+            float(opt_config.get("power", 0.9)), max(total_steps - warmup, 1))
+        return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup])
     if opt_config.get("schedule", "cosine") == "constant":
         return optax.join_schedules(
             [optax.linear_schedule(0.0, peak, warmup), optax.constant_schedule(peak)], [warmup]
@@ -96,7 +102,38 @@ def learning_rate_schedule(opt_config: ml_collections.ConfigDict, total_steps: i
     )
 
 
-def build_optimizer(opt_config: ml_collections.ConfigDict, total_steps: int):
+PARAM_GROUPS = ("backbone", "head")
+
+
+def param_group_mask(graphdef_or_model: Any, params: Any, group: str) -> Any:
+    """Bools shaped like `params` (a pure dict): True where the parameter is in `group`.
+
+    Groups come from the model family's `HEAD_MODULES` (`ParamGroups.head_filter()` /
+    `backbone_filter()`): "head" = those top-level modules, "backbone" = everything else.
+    `graphdef_or_model`: the nnx GraphDef of the model, or the model (abstract is fine).
+    """
+    if group not in PARAM_GROUPS:
+        raise ValueError(f"unknown parameter group {group!r}; valid: {', '.join(PARAM_GROUPS)}")
+    cls = (type(graphdef_or_model) if isinstance(graphdef_or_model, nnx.Module)
+           else graphdef_or_model.nodes[0].type)
+    if not getattr(cls, "HEAD_MODULES", ()):
+        raise ValueError(f"{cls.__name__} defines no HEAD_MODULES: its parameters cannot be "
+                         "split into backbone and head")
+    keep = cls.head_filter() if group == "head" else cls.backbone_filter()
+    return jax.tree_util.tree_map_with_path(
+        lambda path, x: bool(keep(tuple(getattr(k, "key", k) for k in path), x)), params)
+
+
+def build_optimizer(opt_config: ml_collections.ConfigDict, total_steps: int, *,
+                    model: Any = None):
+    """(optax transform, learning-rate schedule) from `config.optimizer`.
+
+    `opt_config.freeze` ("backbone" | "head" | None) freezes that parameter group: its
+    updates are zero, it gets no weight decay, no optimizer moments and no share of the
+    gradient-clipping norm (`optax.multi_transform`). Needs `model` (its GraphDef or an
+    abstract model) to tell the groups apart. BatchNorm statistics of a frozen group still
+    update in training (the step runs the model in train mode).
+    """
     schedule = learning_rate_schedule(opt_config, total_steps)
     name = opt_config.get("name", "adamw")
     if name == "adamw":
@@ -111,32 +148,106 @@ def build_optimizer(opt_config: ml_collections.ConfigDict, total_steps: int):
         raise ValueError(f"config.optimizer.name={name!r}; choose adamw or sgd")
     if opt_config.get("grad_clip_norm"):
         tx = optax.chain(optax.clip_by_global_norm(opt_config.grad_clip_norm), tx)
+    freeze = opt_config.get("freeze")
+    if freeze:
+        if model is None:
+            raise ValueError("config.optimizer.freeze needs the model: build_optimizer(..., "
+                             "model=graphdef_or_abstract_model)")
+        param_group_mask(model, {}, freeze)  # fails early on a bad group or model
+
+        def labels(params):
+            frozen = param_group_mask(model, params, freeze)
+            return jax.tree.map(lambda f: "frozen" if f else "trained", frozen)
+
+        tx = optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()}, labels)
     return tx, schedule
 
 
-def create_train_state(config, mesh, tx, *, abstract_only: bool = False):
+def create_train_state(config, mesh, tx, *, abstract_only: bool = False,
+                       use_init_from: bool = True):
     """Builds the state already sharded on `mesh`; returns (graphdef, state, state_shardings).
 
     With `abstract_only`, `state` holds ShapeDtypeStructs carrying the shardings (a restore
-    target: nothing is computed or allocated).
+    target: nothing is computed or allocated). With `config.init_from.path` set (and
+    `use_init_from`), the initial params / BatchNorm statistics come from that checkpoint
+    (`load_init_from`) before the optimizer state and the EMA are built from them.
     """
     rng = jax.random.key(config.seed)
 
-    def init():
-        graphdef, params, batch_stats = _split(build_model(config, rng))
-        del graphdef
+    def assemble(params, batch_stats):
         return TrainState(
             step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
             opt_state=tx.init(params), ema_params=params, ema_batch_stats=batch_stats,
         )
+
+    def init():
+        _, params, batch_stats = _split(build_model(config, rng))
+        return assemble(params, batch_stats)
 
     graphdef = nnx.graphdef(nnx.eval_shape(lambda: build_model(config, rng)))
     abstract = jax.eval_shape(init)
     shardings = sharding.state_shardings(mesh, abstract, config.get("mesh"))
     if abstract_only:
         return graphdef, abstract_state_like(abstract, shardings), shardings
-    state = jax.jit(init, out_shardings=shardings)()
+    init_from = config.get("init_from") if use_init_from else None
+    if not (init_from and init_from.get("path")):
+        state = jax.jit(init, out_shardings=shardings)()
+        return graphdef, state, shardings
+    _check_init_from(init_from)  # before any compilation
+    variables = jax.jit(lambda: _split(build_model(config, rng))[1:],
+                        out_shardings=(shardings.params, shardings.batch_stats))()
+    params, batch_stats = load_init_from(init_from, graphdef, *variables)
+    state = jax.jit(assemble, out_shardings=shardings, donate_argnums=(0, 1))(params, batch_stats)
     return graphdef, state, shardings
+
+
+def _check_init_from(init_from: Any) -> None:
+    from deepfake_jax import weights
+
+    path, fmt = init_from.get("path"), init_from.get("format")
+    if fmt not in weights.FORMATS:
+        raise ValueError(f"config.init_from.path={path!r} needs config.init_from.format, one "
+                         f"of: {', '.join(weights.FORMATS)} (got {fmt!r})")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"config.init_from.path={path!r} does not exist")
+
+
+def load_init_from(init_from: Any, graphdef, params: Any, batch_stats: Any) -> tuple[Any, Any]:
+    """(params, batch_stats) with everything the checkpoint `init_from` holds put in place.
+
+    `init_from`: a mapping with `path`, `format` (see `deepfake_jax.weights.FORMATS`) and
+    optional `strict` (default True). `params` / `batch_stats`: the freshly initialised
+    (sharded) pure dicts; loaded values keep each leaf's sharding, so this works for any mesh
+    and on several hosts (every process reads the file). Leaves the checkpoint does not
+    provide -- a replaced head -- keep their random init, and are logged.
+    """
+    from deepfake_jax import weights
+
+    _check_init_from(init_from)
+    path, fmt = init_from.get("path"), init_from.get("format")
+    model = nnx.merge(graphdef, params, batch_stats)
+    loaded = weights.load_pretrained(model, path, fmt, strict=bool(init_from.get("strict", True)))
+    nnx.update(model, loaded)
+    _, new_params, new_stats = _split(model)
+    kept = []
+
+    def place(path, new, old):
+        if new is old:
+            kept.append(jax.tree_util.keystr(path, simple=True, separator="."))
+            return old
+        value = np.asarray(new, dtype=old.dtype)
+        if value.shape != old.shape:
+            raise ValueError(f"init_from: {fmt} importer returned {value.shape} for "
+                             f"{jax.tree_util.keystr(path)}, the model has {old.shape}")
+        return jax.make_array_from_callback(old.shape, old.sharding, lambda idx: value[idx])
+
+    new_params = jax.tree_util.tree_map_with_path(place, new_params, params)
+    new_stats = jax.tree_util.tree_map_with_path(place, new_stats, batch_stats)
+    total = len(jax.tree.leaves(params)) + len(jax.tree.leaves(batch_stats))
+    logging.info("init_from: %d of %d variables loaded from %s (format %s)%s", total - len(kept),
+                 total, path, fmt, f"; kept from the random init (head replaced): "
+                 f"{', '.join(kept)}" if kept else "")
+    return new_params, new_stats
 
 
 def abstract_state_like(state: TrainState, shardings: Any) -> Any:
@@ -154,14 +265,47 @@ def normalize(images: jax.Array, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> jax.Ar
     return (images - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
 
 
-def loss_and_scores(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Per-example loss and p_fake; one logit -> sigmoid BCE, several -> softmax CE."""
+def loss_and_scores(logits: jax.Array, labels: jax.Array, targets: jax.Array | None = None
+                    ) -> tuple[jax.Array, jax.Array]:
+    """Per-example loss and p_fake; one logit -> sigmoid BCE, several -> softmax CE.
+
+    `targets` (from `soft_targets`, maybe mixed) replaces the hard `labels` in the loss.
+    """
     if logits.shape[-1] == 1:
         logits = logits[..., 0]
-        loss = optax.sigmoid_binary_cross_entropy(logits, labels.astype(jnp.float32))
+        y = labels.astype(jnp.float32) if targets is None else targets
+        loss = optax.sigmoid_binary_cross_entropy(logits, y)
         return loss, jax.nn.sigmoid(logits)
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    if targets is None:
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    else:
+        loss = optax.softmax_cross_entropy(logits, targets)
     return loss, jax.nn.softmax(logits)[..., 1]
+
+
+def soft_targets(labels: jax.Array, num_outputs: int, label_smoothing: float) -> jax.Array:
+    """Smoothed targets: one logit -> y*(1-eps) + eps/2, shape (B,); N logits ->
+    optax.smooth_labels of the one-hot labels, shape (B, N)."""
+    eps = float(label_smoothing)
+    if num_outputs == 1:
+        return labels.astype(jnp.float32) * (1.0 - eps) + eps / 2.0
+    return optax.smooth_labels(jax.nn.one_hot(labels, num_outputs), eps)
+
+
+def mixup_lambda(key: jax.Array, alpha: float) -> jax.Array:
+    """MixUp weight (Zhang et al. 2018) ~ Beta(alpha, alpha), folded to >= 0.5 so that the
+    un-mixed example keeps the larger share (the distribution of the mix is unchanged)."""
+    lam = jax.random.beta(key, alpha, alpha)
+    return jnp.maximum(lam, 1.0 - lam)
+
+
+def mix_batch(x: jax.Array, lam: jax.Array) -> jax.Array:
+    """lam * x + (1 - lam) * x reversed along the batch (timm's pairing: a global-array
+    op under jit, so the same pairs on any mesh)."""
+    return lam * x + (1.0 - lam) * jnp.flip(x, axis=0)
+
+
+_MIXUP_STREAM = 0x7FFFFFFF  # fold_in data for the MixUp key
 
 
 def ema_decay_at(step: jax.Array, decay: float) -> jax.Array:
@@ -169,33 +313,49 @@ def ema_decay_at(step: jax.Array, decay: float) -> jax.Array:
     return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
 
 
+def apply_gradients(state: TrainState, grads: Any, batch_stats: Any, *, tx,
+                    ema_decay: float) -> TrainState:
+    """The optimizer update, then the EMA of weights and BatchNorm statistics (every task)."""
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    d = ema_decay_at(state.step, ema_decay)
+    ema = lambda avg, new: avg * d + new.astype(avg.dtype) * (1.0 - d)
+    return TrainState(
+        step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state,
+        ema_params=jax.tree.map(ema, state.ema_params, params),
+        ema_batch_stats=jax.tree.map(ema, state.ema_batch_stats, batch_stats),
+    )
+
+
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, graphdef, tx, schedule,
-               ema_decay: float, mean, std, seed: int = 0
-               ) -> tuple[TrainState, dict[str, jax.Array]]:
+               ema_decay: float, mean, std, seed: int = 0, mixup_alpha: float = 0.0,
+               label_smoothing: float = 0.0) -> tuple[TrainState, dict[str, jax.Array]]:
     images = normalize(batch["image"], mean, std)
     labels = batch["label"]
     # Dropout / stochastic depth keys: a function of (seed, step) only, so a resumed run and
     # any device count draw the same masks.
     dropout_key = jax.random.fold_in(jax.random.key(seed), state.step)
+    if mixup_alpha > 0:  # the same (seed, step) rule; a stream nnx.Rngs' counters never reach
+        lam = mixup_lambda(jax.random.fold_in(dropout_key, _MIXUP_STREAM), mixup_alpha)
+        images = mix_batch(images, lam)
 
     def loss_fn(params):
         model = nnx.merge(graphdef, params, state.batch_stats)
         # Built inside the differentiated function: nnx.Rngs may not cross trace levels.
         logits = model(images, train=True, rngs=nnx.Rngs(dropout=dropout_key))
-        loss, scores = loss_and_scores(logits.astype(jnp.float32), labels)
+        targets = None
+        if mixup_alpha > 0 or label_smoothing > 0:
+            targets = soft_targets(labels, logits.shape[-1], label_smoothing)
+            if mixup_alpha > 0:
+                targets = mix_batch(targets, lam)
+        # With MixUp, `scores` are for the mixed images and the accuracy below is measured
+        # against the labels of their dominant (lam >= 0.5) example.
+        loss, scores = loss_and_scores(logits.astype(jnp.float32), labels, targets)
         new_batch_stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
         return loss.mean(), (scores, new_batch_stats)
 
     (loss, (scores, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    d = ema_decay_at(state.step, ema_decay)
-    ema = lambda avg, new: avg * d + new.astype(avg.dtype) * (1.0 - d)
-    new_state = TrainState(
-        step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state,
-        ema_params=jax.tree.map(ema, state.ema_params, params),
-        ema_batch_stats=jax.tree.map(ema, state.ema_batch_stats, batch_stats),
-    )
+    new_state = apply_gradients(state, grads, batch_stats, tx=tx, ema_decay=ema_decay)
     step_metrics = {
         "loss": loss,
         "accuracy": jnp.mean((scores >= 0.5) == (labels == records.LABEL_FAKE)),
@@ -237,7 +397,9 @@ def make_steps(config, mesh, graphdef, tx, schedule, state_shardings):
     train = jax.jit(
         functools.partial(train_step, graphdef=graphdef, tx=tx, schedule=schedule,
                           ema_decay=float(config.ema_decay), mean=mean, std=std,
-                          seed=int(config.seed)),
+                          seed=int(config.seed),
+                          mixup_alpha=float(config.get("mixup_alpha", 0.0)),
+                          label_smoothing=float(config.get("label_smoothing", 0.0))),
         in_shardings=(state_shardings, batch_sh),
         out_shardings=(state_shardings, sharding.replicated(mesh)),
         donate_argnums=(0,),
@@ -282,6 +444,71 @@ class _StopSignal:
             signal.signal(sig, old)
 
 
+class ClassificationTask:
+    """What the loop needs from a task (`config.task`): data, steps, input pipeline,
+    validation summary (ranked by `best_metric`) and final evaluation. Real/fake detection
+    here; face parsing in `seg_train.SegmentationTask`."""
+
+    best_metric = "val_roc_auc"
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        self.config = config
+        self.preprocess = input_pipeline.Preprocess.from_config(config.input,
+                                                                config.get("augment"))
+
+    def prepare_data(self, workdir: str) -> str:
+        return datasets.prepare(self.config, workdir)
+
+    def make_steps(self, mesh, graphdef, tx, schedule, state_shardings):
+        return make_steps(self.config, mesh, graphdef, tx, schedule, state_shardings)
+
+    def train_iterator(self, train_files: list[str]):
+        config = self.config
+        return input_pipeline.train_iterator(
+            train_files, self.preprocess, config.input.batch_size, seed=config.seed,
+            process_index=jax.process_index(), process_count=jax.process_count(),
+            num_workers=config.input.get("num_workers", 0),
+        )
+
+    def validate(self, eval_fn, state, mesh, val_files: list[str]) -> dict[str, Any]:
+        val = evaluators.predict_split(eval_fn, state, mesh, val_files, self.preprocess,
+                                       self.config.input.eval_batch_size)
+        val_m = metrics.binary_metrics(val["label"], val["p_fake"], 0.5)
+        return {f"val_{k}": val_m[k] for k in ("roc_auc", "accuracy", "log_loss")}
+
+    def final_evaluation(self, eval_fn, state, mesh, dataset_dir: str, workdir: str, writer,
+                         step: int) -> dict[str, Any]:
+        config = self.config
+        results = evaluators.evaluate_splits(
+            eval_fn, state, mesh, self.preprocess, config.input.eval_batch_size,
+            threshold_split=records.split_files(dataset_dir, config.data.val_split),
+            splits={split: records.split_files(dataset_dir, split)
+                    for split in (config.data.val_split, config.data.test_split) if split},
+            out_dir=os.path.join(workdir, "eval"), threshold_method=config.eval.threshold_method,
+            extra={"use_ema": bool(config.eval.use_ema), "threshold_from": config.data.val_split},
+        )
+        for split, m in results.items():
+            logging.info("final %s (threshold %.3f from %s): %s", split, m["threshold"],
+                         m["threshold_from"], _fmt({k: m[k] for k in (
+                             "roc_auc", "accuracy", "precision", "recall", "f1", "eer",
+                             "average_precision")}))
+            writer.write(step, f"final_{split}", {k: v for k, v in m.items()
+                                                  if isinstance(v, (int, float))})
+        return results
+
+
+def make_task(config: ml_collections.ConfigDict):
+    """`config.task`: "classification" (default) or "segmentation" (face parsing)."""
+    name = config.get("task", "classification")
+    if name == "classification":
+        return ClassificationTask(config)
+    if name == "segmentation":
+        from deepfake_jax import seg_train  # imports this module: only when asked for
+
+        return seg_train.SegmentationTask(config)
+    raise ValueError(f"config.task={name!r}; choose classification or segmentation")
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains, checkpoints and evaluates; resumes from `workdir` if it holds a checkpoint.
 
@@ -291,7 +518,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     os.makedirs(workdir, exist_ok=True)
     if jax.process_index() == 0:
         logging_utils.save_config(config, workdir)
-    dataset_dir = datasets.prepare(config, workdir)
+    task = make_task(config)
+    dataset_dir = task.prepare_data(workdir)
     mesh = sharding.make_mesh(config.get("mesh"))
     sharding.global_batch_size_ok(mesh, config.input.batch_size)
     sharding.global_batch_size_ok(mesh, config.input.eval_batch_size)
@@ -299,20 +527,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     train_files = records.split_files(dataset_dir, config.data.train_split)
     num_train = input_pipeline.num_records(train_files)
     total_steps = total_train_steps(config, num_train)
-    tx, schedule = build_optimizer(config.optimizer, total_steps)
-    graphdef, state, state_shardings = create_train_state(config, mesh, tx)
-    train_fn, evals = make_steps(config, mesh, graphdef, tx, schedule, state_shardings)
-
-    preprocess = input_pipeline.Preprocess.from_config(config.input)
-    train_iter = input_pipeline.train_iterator(
-        train_files, preprocess, config.input.batch_size, seed=config.seed,
-        process_index=jax.process_index(), process_count=jax.process_count(),
-        num_workers=config.input.get("num_workers", 0),
-    )
+    tx, schedule = build_optimizer(config.optimizer, total_steps, model=abstract_model(config))
     ckpt = checkpointing.Checkpointer(
         os.path.join(workdir, "checkpoints"), keep_best=config.checkpoint.keep_best,
-        best_metric="val_roc_auc", async_save=config.checkpoint.get("async_save", True))
+        best_metric=task.best_metric, async_save=config.checkpoint.get("async_save", True))
     start = ckpt.latest_step()
+    # config.init_from seeds a new run only: a resumed run continues from its checkpoint
+    graphdef, state, state_shardings = create_train_state(config, mesh, tx,
+                                                          use_init_from=start is None)
+    train_fn, evals = task.make_steps(mesh, graphdef, tx, schedule, state_shardings)
+    train_iter = task.train_iterator(train_files)
     if start is not None:
         logging.info("Resuming from checkpoint step %d in %s", start, ckpt.directory)
         state, restored_iter = ckpt.restore(start, abstract_state_like(state, state_shardings),
@@ -345,13 +569,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 writer.write(step, "train", train_metrics | progress.rates(step))
                 logging.info("%s", progress.line(step, train_metrics))
             if step % config.eval_every_steps == 0 or is_last:
-                val = evaluators.predict_split(evals[bool(config.eval.use_ema)], state, mesh,
-                                               val_files, preprocess, config.input.eval_batch_size)
-                val_m = metrics.binary_metrics(val["label"], val["p_fake"], 0.5)
-                summary = {f"val_{k}": val_m[k] for k in ("roc_auc", "accuracy", "log_loss")}
+                summary = task.validate(evals[bool(config.eval.use_ema)], state, mesh,
+                                        val_files)
                 writer.write(step, "val", summary)
                 logging.info("step %d validation: %s", step, _fmt(summary))
-                ranked = summary if summary["val_roc_auc"] is not None else None
+                ranked = summary if summary[task.best_metric] is not None else None
                 ckpt.save(step, state, train_iter, metrics=ranked)
             elif step % config.checkpoint.every_steps == 0:
                 ckpt.save(step, state, train_iter)
@@ -367,21 +589,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     best_step = ckpt.best_step()
     ckpt.close()
-    results = evaluators.evaluate_splits(
-        evals[bool(config.eval.use_ema)], state, mesh, preprocess, config.input.eval_batch_size,
-        threshold_split=records.split_files(dataset_dir, config.data.val_split),
-        splits={split: records.split_files(dataset_dir, split)
-                for split in (config.data.val_split, config.data.test_split) if split},
-        out_dir=os.path.join(workdir, "eval"), threshold_method=config.eval.threshold_method,
-        extra={"use_ema": bool(config.eval.use_ema), "threshold_from": config.data.val_split},
-    )
-    for split, m in results.items():
-        logging.info("final %s (threshold %.3f from %s): %s", split, m["threshold"],
-                     m["threshold_from"], _fmt({k: m[k] for k in (
-                         "roc_auc", "accuracy", "precision", "recall", "f1", "eer",
-                         "average_precision")}))
-        writer.write(step, f"final_{split}", {k: v for k, v in m.items()
-                                              if isinstance(v, (int, float))})
+    results = task.final_evaluation(evals[bool(config.eval.use_ema)], state, mesh, dataset_dir,
+                                    workdir, writer, step)
     writer.close()
     return {"step": step, "train": train_metrics, "eval": results,
             "best_step": best_step}
