@@ -1,0 +1,93 @@
+"""Face parsing: BiSeNet (face-parsing.PyTorch) on 19-class label maps.
+
+    python -m deepfake_jax.main --config configs/bisenet_face_parsing.py --workdir runs/parsing
+    ... --config configs/bisenet_face_parsing.py:tiny        # test size, seconds
+    ... --config configs/bisenet_face_parsing.py:celebamask \\
+        --config.data.dir=/data/celebamask_converted          # the reference recipe, 512 px
+
+Default (no argument): the CPU recipe on generated faces with known label maps
+(`data_prep.synthetic --masks`), made in `<workdir>/data` on the first run; the ResNet-18 BiSeNet
+at a reduced resolution (128 px) so that it trains on 2 CPU cores (README "Face parsing": per
+step it learns much faster than the reduced-width "tiny" variant, at a similar wall time).
+"celebamask": the full ResNet-18 BiSeNet at 512 px, SGD + poly decay as in the reference;
+point `config.data.dir` at `python -m data_prep.celebamask` output.
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.task = "segmentation"
+    config.seed = 0
+
+    config.data = ml_collections.ConfigDict()
+    config.data.dir = config_dict.placeholder(str)  # python -m data_prep.celebamask output
+    config.data.train_split = "train"
+    config.data.val_split = "valid"
+    config.data.test_split = "test"
+    config.data.synthetic = ml_collections.ConfigDict(dict(
+        train=1000, valid=100, test=100,  # PER CLASS: the generator writes real + fake faces
+        image_size=128, difficulty=0.5, seed=0, workers=1,
+    ))
+
+    config.input = ml_collections.ConfigDict()
+    config.input.image_size = 128  # images and label maps are resized to this first
+    config.input.crop_size = 128  # train crop after the random scale
+    config.input.scale_range = (0.75, 1.25)
+    config.input.flip_prob = 0.5
+    config.input.color_jitter = 0.2
+    config.input.batch_size = 16
+    config.input.eval_batch_size = 32
+    config.input.num_workers = 0
+    config.input.mean = (0.485, 0.456, 0.406)
+    config.input.std = (0.229, 0.224, 0.225)
+
+    config.model_name = "bisenet"
+    config.model = ml_collections.ConfigDict(dict(variant="resnet18"))
+    config.num_classes = 19
+
+    # OHEM cross-entropy on the main output + aux_weight x on each auxiliary output.
+    config.loss = ml_collections.ConfigDict(dict(ohem_thresh=0.7, ohem_min_kept=1 / 16,
+                                                 aux_weight=1.0))
+    config.optimizer = ml_collections.ConfigDict(dict(
+        name="adamw", learning_rate=1e-2, weight_decay=1e-4, b1=0.9, b2=0.999,
+        warmup_steps=30, schedule="poly", power=0.9, end_lr_factor=0.0, grad_clip_norm=5.0,
+    ))
+    config.num_epochs = 10
+    config.num_train_steps = config_dict.placeholder(int)
+    config.ema_decay = 0.99
+
+    config.log_every_steps = 20
+    config.eval_every_steps = 250
+    config.halt_after_steps = config_dict.placeholder(int)
+    config.checkpoint = ml_collections.ConfigDict(dict(keep_best=1, every_steps=250,
+                                                       async_save=True))
+    config.eval = ml_collections.ConfigDict(dict(use_ema=True))
+    config.mesh = ml_collections.ConfigDict(dict(data=-1))
+
+    if arg == "tiny":  # same recipe, test size
+        config.model.variant = "tiny"
+        config.data.synthetic.update(train=8, valid=4, test=4, image_size=32, difficulty=0.0)
+        config.input.update(image_size=32, crop_size=32, batch_size=8, eval_batch_size=8)
+        config.optimizer.warmup_steps = 1
+        config.num_epochs = 1
+        config.num_train_steps = 4
+        config.log_every_steps = 2
+        config.eval_every_steps = 4
+        config.checkpoint.update(every_steps=2, async_save=False)
+    elif arg == "celebamask":
+        config.input.update(image_size=512, crop_size=448, scale_range=(0.75, 2.0),
+                            color_jitter=0.5, batch_size=16, eval_batch_size=16, num_workers=4)
+        config.optimizer = ml_collections.ConfigDict(dict(
+            name="sgd", learning_rate=1e-2, weight_decay=5e-4, momentum=0.9, warmup_steps=1000,
+            schedule="poly", power=0.9, end_lr_factor=0.0, grad_clip_norm=config_dict.placeholder(
+                float)))
+        config.num_train_steps = 80000
+        config.eval_every_steps = 5000
+        config.checkpoint.every_steps = 5000
+    elif arg:
+        raise ValueError(f"configs/bisenet_face_parsing.py: unknown argument {arg!r}; use "
+                         "nothing, 'tiny' or 'celebamask'")
+    return config

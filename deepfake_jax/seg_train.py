@@ -1,0 +1,308 @@
+"""Face parsing as a task of the trainer (`config.task = "segmentation"`, see `train.make_task`).
+
+The loop, optimizer, EMA, sharding and checkpoints are `train.py`'s; this module supplies:
+
+- data: `config.data.dir` (from `data_prep.celebamask`), or generated faces with known label
+  maps (`data_prep.synthetic --masks`) converted into `<workdir>/data/arrayrecord` once;
+- the train step: OHEM cross-entropy (`segmentation.ohem_cross_entropy`) on the main output plus
+  `config.loss.aux_weight` x the same loss on each of BiSeNet's two auxiliary outputs;
+- the eval step: per-pixel argmax labels (N, H, W), sharded like the batch;
+- validation (`val_miou`, which ranks checkpoints) and the final evaluation: per split,
+  `<workdir>/eval/<split>/{metrics.json, confusion_matrix.png, overlays.png}`.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import tqdm
+from absl import logging
+from flax import nnx
+from jax.experimental import multihost_utils
+
+from deepfake_jax import records, seg_pipeline, segmentation, sharding, train
+
+# ----------------------------------------------------------------------------- steps
+
+
+def train_step(state: train.TrainState, batch: dict[str, jax.Array], *, graphdef, tx, schedule,
+               ema_decay: float, mean, std, seed: int, aux_weight: float, ohem_thresh: float,
+               ohem_min_kept: float) -> tuple[train.TrainState, dict[str, jax.Array]]:
+    images = train.normalize(batch["image"], mean, std)
+    labels = batch["labels"].astype(jnp.int32)
+    dropout_key = jax.random.fold_in(jax.random.key(seed), state.step)
+    loss_of = functools.partial(segmentation.ohem_cross_entropy, thresh=ohem_thresh,
+                                min_kept_fraction=ohem_min_kept)
+
+    def loss_fn(params):
+        model = nnx.merge(graphdef, params, state.batch_stats)
+        out, aux16, aux32 = model(images, train=True, rngs=nnx.Rngs(dropout=dropout_key))
+        main = loss_of(out, labels)
+        loss = main + aux_weight * (loss_of(aux16, labels) + loss_of(aux32, labels))
+        new_batch_stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
+        return loss, (main, jnp.argmax(out, axis=-1), new_batch_stats)
+
+    (loss, (main, pred, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params)
+    new_state = train.apply_gradients(state, grads, batch_stats, tx=tx, ema_decay=ema_decay)
+    valid = labels != segmentation.IGNORE_LABEL
+    step_metrics = {
+        "loss": loss,
+        "main_loss": main,
+        "pixel_accuracy": jnp.sum((pred == labels) & valid) / jnp.maximum(jnp.sum(valid), 1),
+        "grad_norm": optax.tree.norm(grads),
+        "learning_rate": schedule(state.step),
+    }
+    return new_state, step_metrics
+
+
+def eval_step(state: train.TrainState, batch: dict[str, jax.Array], *, graphdef, use_ema: bool,
+              mean, std) -> jax.Array:
+    """(N, H, W) int32 labels at the input resolution."""
+    params, batch_stats = ((state.ema_params, state.ema_batch_stats) if use_ema
+                           else (state.params, state.batch_stats))
+    model = nnx.merge(graphdef, params, batch_stats)
+    logits = model(train.normalize(batch["image"], mean, std), train=False)
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+
+def _mean_std(config) -> tuple[tuple, tuple]:
+    return (tuple(config.input.get("mean", train.IMAGENET_MEAN)),
+            tuple(config.input.get("std", train.IMAGENET_STD)))
+
+
+def make_eval_steps(config, mesh, graphdef, state_shardings) -> dict[bool, Any]:
+    """{use_ema: jitted eval step (state, {"image"}) -> labels, sharded like the batch}."""
+    mean, std = _mean_std(config)
+    batch_sh = sharding.batch_sharding(mesh)
+    return {
+        use_ema: jax.jit(
+            functools.partial(eval_step, graphdef=graphdef, use_ema=use_ema, mean=mean, std=std),
+            in_shardings=(state_shardings, batch_sh), out_shardings=batch_sh)
+        for use_ema in (False, True)
+    }
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def predict_split(eval_fn, state, mesh, files: list[str], preprocess: seg_pipeline.SegPreprocess,
+                  batch_size: int, *, num_classes: int, keep_examples: int = 0,
+                  progress: str | None = None) -> dict[str, Any]:
+    """Confusion matrix of a whole split (all processes take part) and, on request, the first
+    `keep_examples` (image, true labels, predicted labels) by record index."""
+    cm = np.zeros((num_classes, num_classes), np.int64)
+    kept: dict[int, tuple] = {}
+    batches = seg_pipeline.eval_batches(files, preprocess, batch_size,
+                                        process_index=jax.process_index(),
+                                        process_count=jax.process_count())
+    if progress and jax.process_index() == 0:
+        total = math.ceil(len(seg_pipeline.grain.sources.ArrayRecordDataSource(files))
+                          / batch_size)
+        batches = tqdm.tqdm(batches, desc=progress, total=total, unit="batch")
+    for host_batch in batches:
+        batch = sharding.host_to_global(mesh, host_batch)
+        pred = eval_fn(state, {"image": batch["image"]})
+        g = multihost_utils.process_allgather(
+            {"pred": pred, "labels": batch["labels"], "index": batch["index"]}, tiled=True)
+        labels, pred, index = (np.asarray(g["labels"]), np.asarray(g["pred"]),
+                               np.asarray(g["index"]))
+        cm += segmentation.confusion_matrix(labels, pred, num_classes)  # padding is ignored
+        wanted = np.nonzero((index >= 0) & (index < keep_examples))[0]
+        if len(wanted):  # the same on every process (gathered indices): a safe collective
+            images = np.asarray(multihost_utils.process_allgather(batch["image"], tiled=True))
+            for k in wanted:
+                kept[int(index[k])] = (images[k], labels[k], pred[k])
+    return {"confusion_matrix": cm, "examples": [kept[i] for i in sorted(kept)]}
+
+
+def summary_line(m: dict[str, Any]) -> str:
+    face = m["mean_f1_face"]
+    return (f"mIoU {m['miou']:.4f}, mean F1 (face classes) "
+            f"{'-' if face is None else f'{face:.4f}'}, pixel accuracy {m['pixel_accuracy']:.4f}")
+
+
+def evaluate_split(eval_fn, state, mesh, files: list[str], preprocess, batch_size: int,
+                   out_dir: str, *, num_classes: int, num_overlays: int = 8,
+                   extra: dict[str, Any] | None = None, progress: str | None = None
+                   ) -> dict[str, Any]:
+    """Metrics of one split; writes metrics.json, confusion_matrix.png and overlays.png."""
+    res = predict_split(eval_fn, state, mesh, files, preprocess, batch_size,
+                        num_classes=num_classes, keep_examples=num_overlays, progress=progress)
+    cm = res["confusion_matrix"]
+    class_names = segmentation.PARSING_CLASSES[:num_classes]
+    m = segmentation.segmentation_metrics(cm, class_names)
+    m.update(step=int(jax.device_get(state.step)), num_images=len(
+        seg_pipeline.grain.sources.ArrayRecordDataSource(files)), **(extra or {}))
+    m["confusion_matrix"] = cm.tolist()
+    if jax.process_index() == 0:
+        segmentation.write_json(m, os.path.join(out_dir, "metrics.json"))
+        segmentation.plot_confusion_matrix(cm, os.path.join(out_dir, "confusion_matrix.png"),
+                                           class_names=class_names)
+        if res["examples"]:
+            images, truths, preds = zip(*res["examples"], strict=True)
+            segmentation.save_overlay_grid(list(images), list(truths), list(preds),
+                                           os.path.join(out_dir, "overlays.png"))
+    return m
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def prepare_data(config, workdir: str) -> str:
+    """`config.data.dir`, or generated faces + label maps converted under the workdir once."""
+    data = config.data
+    if data.get("dir"):
+        manifest = records.read_manifest(data.dir)
+        if manifest.get("task") != "segmentation":
+            raise ValueError(f"config.data.dir={data.dir} is not a face-parsing dataset; "
+                             "convert one with python -m data_prep.celebamask")
+        return data.dir
+    out_dir = os.path.join(workdir, "data", "arrayrecord")
+    ready = os.path.exists(os.path.join(out_dir, records.MANIFEST_NAME))
+    if jax.process_index() == 0 and not ready:
+        from data_prep import celebamask, synthetic
+
+        images_dir = os.path.join(workdir, "data", "images")
+        synth = data.synthetic
+        logging.info("Generating synthetic faces with label maps into %s", images_dir)
+        synthetic.generate_140k(
+            images_dir, counts={"train": synth.train, "valid": synth.valid, "test": synth.test},
+            image_size=synth.image_size, difficulty=synth.difficulty, seed=synth.seed,
+            masks=True, num_workers=synth.get("workers", 1))
+        celebamask.convert(images_dir, out_dir, layout="synthetic", overwrite=True,
+                           show_progress=False)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("synthetic face-parsing data ready")
+    return out_dir
+
+
+# ----------------------------------------------------------------------------- the task
+
+
+class SegmentationTask:
+    """Face parsing for `train.train_and_evaluate` (see `train.ClassificationTask`)."""
+
+    best_metric = "val_miou"
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        self.config = config
+        self.preprocess = seg_pipeline.SegPreprocess.from_config(config.input)
+        self.num_classes = int(config.num_classes)
+
+    def prepare_data(self, workdir: str) -> str:
+        return prepare_data(self.config, workdir)
+
+    def make_steps(self, mesh, graphdef, tx, schedule, state_shardings):
+        config = self.config
+        mean, std = _mean_std(config)
+        loss = config.get("loss", ml_collections.ConfigDict())
+        batch_sh = sharding.batch_sharding(mesh)
+        step = jax.jit(
+            functools.partial(
+                train_step, graphdef=graphdef, tx=tx, schedule=schedule,
+                ema_decay=float(config.ema_decay), mean=mean, std=std, seed=int(config.seed),
+                aux_weight=float(loss.get("aux_weight", 1.0)),
+                ohem_thresh=float(loss.get("ohem_thresh", 0.7)),
+                ohem_min_kept=float(loss.get("ohem_min_kept", 1 / 16))),
+            in_shardings=(state_shardings, batch_sh),
+            out_shardings=(state_shardings, sharding.replicated(mesh)),
+            donate_argnums=(0,),
+        )
+        return step, make_eval_steps(config, mesh, graphdef, state_shardings)
+
+    def train_iterator(self, train_files: list[str]):
+        config = self.config
+        return seg_pipeline.train_iterator(
+            train_files, self.preprocess, config.input.batch_size, seed=config.seed,
+            process_index=jax.process_index(), process_count=jax.process_count(),
+            num_workers=config.input.get("num_workers", 0))
+
+    def validate(self, eval_fn, state, mesh, val_files: list[str]) -> dict[str, Any]:
+        res = predict_split(eval_fn, state, mesh, val_files, self.preprocess,
+                            self.config.input.eval_batch_size, num_classes=self.num_classes)
+        m = segmentation.segmentation_metrics(res["confusion_matrix"],
+                                              segmentation.PARSING_CLASSES[:self.num_classes])
+        return {"val_miou": m["miou"], "val_mean_f1_face": m["mean_f1_face"],
+                "val_pixel_accuracy": m["pixel_accuracy"]}
+
+    def final_evaluation(self, eval_fn, state, mesh, dataset_dir: str, workdir: str, writer,
+                         step: int) -> dict[str, Any]:
+        config = self.config
+        results = {}
+        for split in (config.data.val_split, config.data.test_split):
+            if not split:
+                continue
+            m = evaluate_split(
+                eval_fn, state, mesh, records.split_files(dataset_dir, split), self.preprocess,
+                config.input.eval_batch_size, os.path.join(workdir, "eval", split),
+                num_classes=self.num_classes,
+                extra={"split": split, "use_ema": bool(config.eval.use_ema)})
+            results[split] = m
+            logging.info("final %s: %s", split, summary_line(m))
+            writer.write(step, f"final_{split}", {
+                k: m[k] for k in ("miou", "mean_f1", "mean_f1_face", "pixel_accuracy")})
+        return results
+
+
+# ----------------------------------------------------------------------------- checkpoint CLI
+
+
+def evaluate_checkpoint(workdir: str, *, checkpoint: str = "latest", split: str = "test",
+                        use_ema: bool | None = None, show_progress: bool = False
+                        ) -> dict[str, Any]:
+    """Metrics of one split for a saved checkpoint, written to
+    `<workdir>/eval/<checkpoint-step>/<split>/` (the trainer's final evaluation code)."""
+    from deepfake_jax import evaluate
+
+    workdir = os.path.abspath(workdir)
+    config = evaluate.load_run_config(workdir)
+    if config.get("task") != "segmentation":
+        raise ValueError(f"{workdir} is not a face-parsing run (config.task = "
+                         f"{config.get('task', 'classification')!r})")
+    use_ema = bool(config.eval.use_ema) if use_ema is None else use_ema
+    mesh = sharding.make_mesh(None)
+    batch_size = config.input.eval_batch_size
+    batch_size -= batch_size % mesh.shape[sharding.DATA_AXIS]
+    graphdef, state, step = evaluate.restore_state(config, workdir, checkpoint, mesh)
+    evals = make_eval_steps(config, mesh, graphdef, jax.tree.map(lambda x: x.sharding, state))
+    files = records.split_files(evaluate.run_dataset_dir(config, workdir), split)
+    return evaluate_split(
+        evals[use_ema], state, mesh, files, seg_pipeline.SegPreprocess.from_config(config.input),
+        max(batch_size, mesh.shape[sharding.DATA_AXIS]),
+        os.path.join(workdir, "eval", f"step_{step}", split), num_classes=int(config.num_classes),
+        extra={"split": split, "use_ema": use_ema, "checkpoint_step": step},
+        progress=f"scoring {split}" if show_progress else None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m deepfake_jax.seg_train",
+                                description="Evaluate a face-parsing checkpoint: mIoU, F1, "
+                                            "confusion matrix, overlays.")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--checkpoint", default="latest", help="latest, best or a step number")
+    p.add_argument("--split", default="test")
+    args = p.parse_args(argv)
+    m = evaluate_checkpoint(args.workdir, checkpoint=args.checkpoint, split=args.split,
+                            show_progress=True)
+    print(f"step {m['checkpoint_step']} {args.split}: {summary_line(m)}")
+    for name, c in m["per_class"].items():
+        if c["iou"] is not None:
+            print(f"  {name:10s} IoU {c['iou']:.4f}  F1 {c['f1']:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

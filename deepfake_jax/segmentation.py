@@ -1,0 +1,241 @@
+"""Face parsing: the class list, the OHEM loss, confusion-matrix metrics, colours and regions.
+
+Class order (written down once here; public repositories disagree). Index = label value in
+every label map this project writes or reads, CelebAMask-HQ part names::
+
+     0 background   1 skin     2 l_brow   3 r_brow   4 l_eye   5 r_eye   6 eye_g
+     7 l_ear        8 r_ear    9 ear_r   10 nose    11 mouth  12 u_lip  13 l_lip
+    14 neck        15 neck_l  16 cloth   17 hair    18 hat
+
+This is the order of zllrunning/face-parsing.PyTorch (whose BiSeNet checkpoint the model
+importer reads). ``l_``/``r_`` are the SUBJECT's left/right, i.e. ``l_eye`` is on the image's
+right side: a horizontal flip of the image therefore swaps l_/r_ labels (``FLIP_PERMUTATION``).
+``IGNORE_LABEL`` (255) marks pixels that count in no loss and no metric (crop padding).
+
+Metrics come from one confusion matrix ``cm[true, predicted]`` (pixel counts):
+IoU_c = TP / (TP + FP + FN), F1_c = 2 TP / (2 TP + FP + FN). Means are over the classes that
+occur in the ground truth of the evaluated split (a class absent from it is undefined, not 0).
+``mean_f1_face`` averages F1 over those classes without the background, the number face-parsing
+papers report for CelebAMask-HQ.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import cv2
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+PARSING_CLASSES: tuple[str, ...] = (
+    "background", "skin", "l_brow", "r_brow", "l_eye", "r_eye", "eye_g", "l_ear", "r_ear",
+    "ear_r", "nose", "mouth", "u_lip", "l_lip", "neck", "neck_l", "cloth", "hair", "hat",
+)
+NUM_CLASSES = len(PARSING_CLASSES)
+CLASS_INDEX = {name: i for i, name in enumerate(PARSING_CLASSES)}
+IGNORE_LABEL = 255
+
+_PAIRS = (("l_brow", "r_brow"), ("l_eye", "r_eye"), ("l_ear", "r_ear"))
+FLIP_PERMUTATION = np.arange(256, dtype=np.uint8)  # label lookup table for a horizontal flip
+for _a, _b in _PAIRS:
+    FLIP_PERMUTATION[CLASS_INDEX[_a]], FLIP_PERMUTATION[CLASS_INDEX[_b]] = (
+        CLASS_INDEX[_b], CLASS_INDEX[_a])
+
+# Colours of face-parsing.PyTorch's visualisation (class i -> part_colors[i]), background black.
+PALETTE = np.array([
+    [0, 0, 0], [255, 85, 0], [255, 170, 0], [255, 0, 85], [255, 0, 170], [0, 255, 0],
+    [85, 255, 0], [170, 255, 0], [0, 255, 85], [0, 255, 170], [0, 0, 255], [85, 0, 255],
+    [170, 0, 255], [0, 85, 255], [0, 170, 255], [255, 255, 0], [255, 255, 85],
+    [255, 255, 170], [255, 0, 255],
+], np.uint8)
+
+# Regions cropped by the `segment` CLI: name -> the classes it is made of.
+REGIONS: dict[str, tuple[str, ...]] = {
+    "left_eye": ("l_eye",),
+    "right_eye": ("r_eye",),
+    "nose": ("nose",),
+    "lips": ("u_lip", "l_lip", "mouth"),
+}
+
+
+# ----------------------------------------------------------------------------- loss
+
+
+def ohem_cross_entropy(logits: jax.Array, labels: jax.Array, *, thresh: float = 0.7,
+                       min_kept_fraction: float = 1 / 16) -> jax.Array:
+    """Online hard example mining cross-entropy (face-parsing.PyTorch's ``OhemCELoss``).
+
+    Per-pixel CE; if more than ``n_min = min_kept_fraction * pixels`` pixels have a loss above
+    ``-log(thresh)`` (the true class has probability < thresh), their mean is returned, else the
+    mean of the ``n_min`` largest losses. ``IGNORE_LABEL`` pixels have no loss and are never kept.
+    """
+    logits = logits.astype(jnp.float32).reshape(-1, logits.shape[-1])
+    labels = labels.reshape(-1)
+    valid = labels != IGNORE_LABEL
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.where(valid, labels, 0))
+    loss = jnp.where(valid, loss, 0.0)  # never above the threshold, never among the top
+    n_min = min(max(1, int(loss.shape[0] * min_kept_fraction)), loss.shape[0] - 1)
+    cut = float(-np.log(thresh))
+    hard = loss > cut
+    mean_hard = jnp.sum(jnp.where(hard, loss, 0.0)) / jnp.maximum(jnp.sum(hard), 1)
+    top = jax.lax.top_k(loss, n_min + 1)[0]  # top[-1] = the (n_min + 1)-th largest
+    return jnp.where(top[-1] > cut, mean_hard, jnp.mean(top[:n_min]))
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray,
+                     num_classes: int = NUM_CLASSES) -> np.ndarray:
+    """(C, C) int64 pixel counts ``cm[true, predicted]``; IGNORE_LABEL pixels are left out."""
+    labels = np.asarray(labels).reshape(-1).astype(np.int64)
+    predictions = np.asarray(predictions).reshape(-1).astype(np.int64)
+    if labels.shape != predictions.shape:
+        raise ValueError(f"labels and predictions differ in size: {labels.shape} vs "
+                         f"{predictions.shape}")
+    keep = labels != IGNORE_LABEL
+    labels, predictions = labels[keep], predictions[keep]
+    bad = (labels < 0) | (labels >= num_classes)
+    if bad.any():
+        raise ValueError(f"label values {np.unique(labels[bad])[:8]} are outside "
+                         f"0..{num_classes - 1}")
+    return np.bincount(labels * num_classes + np.clip(predictions, 0, num_classes - 1),
+                       minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def _mean(values: np.ndarray) -> float | None:
+    values = values[~np.isnan(values)]
+    return float(values.mean()) if values.size else None
+
+
+def segmentation_metrics(cm: np.ndarray, class_names: tuple[str, ...] = PARSING_CLASSES
+                         ) -> dict[str, Any]:
+    """mIoU, per-class IoU and F1, mean F1 over face classes, pixel accuracy of a confusion
+    matrix. Per-class values of classes absent from the ground truth are None."""
+    cm = np.asarray(cm, np.float64)
+    tp = np.diag(cm)
+    gt = cm.sum(axis=1)
+    pred = cm.sum(axis=0)
+    present = gt > 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = np.where(present, tp / (gt + pred - tp), np.nan)
+        f1 = np.where(present, 2 * tp / (gt + pred), np.nan)
+    face = present.copy()
+    face[0] = False  # background
+    return {
+        "miou": _mean(iou),
+        "mean_f1": _mean(f1),
+        "mean_f1_face": _mean(np.where(face, f1, np.nan)),
+        "pixel_accuracy": float(tp.sum() / cm.sum()) if cm.sum() else None,
+        "num_pixels": int(cm.sum()),
+        "classes_evaluated": [n for n, p in zip(class_names, present, strict=True) if p],
+        "per_class": {
+            n: {"iou": None if np.isnan(i) else float(i), "f1": None if np.isnan(f) else float(f),
+                "gt_pixels": int(g), "predicted_pixels": int(p)}
+            for n, i, f, g, p in zip(class_names, iou, f1, gt, pred, strict=True)
+        },
+    }
+
+
+def write_json(obj: Any, path: str) -> str:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=False)
+        f.write("\n")
+    return path
+
+
+def plot_confusion_matrix(cm: np.ndarray, path: str, title: str = "",
+                          class_names: tuple[str, ...] = PARSING_CLASSES) -> str:
+    """Row-normalised confusion matrix (recall per true class) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm = np.asarray(cm, np.float64)
+    rows = cm.sum(axis=1, keepdims=True)
+    norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
+    fig, ax = plt.subplots(figsize=(8, 7))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ticks = np.arange(len(class_names))
+    ax.set_xticks(ticks, class_names, rotation=90, fontsize=7)
+    ax.set_yticks(ticks, class_names, fontsize=7)
+    ax.set(xlabel="predicted", ylabel="true", title=title or "confusion matrix (row-normalised)")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+# ----------------------------------------------------------------------------- pictures
+
+
+def colorize(label_map: np.ndarray) -> np.ndarray:
+    """(H, W) labels -> (H, W, 3) uint8 RGB in PALETTE colours (unknown labels black)."""
+    lut = np.zeros((256, 3), np.uint8)
+    lut[:len(PALETTE)] = PALETTE
+    return lut[np.asarray(label_map).astype(np.uint8)]
+
+
+def overlay_labels(image: np.ndarray, label_map: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """The image with the coloured labels blended in (background pixels unchanged)."""
+    image = np.asarray(image, np.uint8)
+    label_map = np.asarray(label_map)
+    if label_map.shape != image.shape[:2]:
+        label_map = cv2.resize(label_map.astype(np.uint8), image.shape[1::-1],
+                               interpolation=cv2.INTER_NEAREST)
+    blended = image.astype(np.float32) * (1 - alpha) + colorize(label_map) * alpha
+    fg = (label_map > 0)[..., None]
+    return np.where(fg, np.clip(blended + 0.5, 0, 255).astype(np.uint8), image)
+
+
+def save_overlay_grid(images: list[np.ndarray], truths: list[np.ndarray],
+                      predictions: list[np.ndarray], path: str) -> str:
+    """Rows of [image | true-label overlay | predicted overlay] as one PNG."""
+    rows = [np.concatenate([im, overlay_labels(im, t), overlay_labels(im, p)], axis=1)
+            for im, t, p in zip(images, truths, predictions, strict=True)]
+    grid = np.concatenate(rows, axis=0)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    if not cv2.imwrite(path, cv2.cvtColor(grid, cv2.COLOR_RGB2BGR)):
+        raise OSError(f"cannot write {path}")
+    return path
+
+
+# ----------------------------------------------------------------------------- regions
+
+
+def region_boxes(label_map: np.ndarray, regions: dict[str, tuple[str, ...]] = REGIONS
+                 ) -> dict[str, dict[str, Any]]:
+    """{region: {"box": [x0, y0, x1, y1] (exclusive end) or None, "area": pixels}}.
+
+    The box is that of the region's largest connected part (stray pixels elsewhere do not
+    stretch it); the area counts all of the region's pixels.
+    """
+    label_map = np.asarray(label_map)
+    out = {}
+    for name, parts in regions.items():
+        mask = np.isin(label_map, [CLASS_INDEX[p] for p in parts]).astype(np.uint8)
+        area = int(mask.sum())
+        box = None
+        if area:
+            _, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+            x, y, w, h, _ = stats[1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))]
+            box = [int(x), int(y), int(x + w), int(y + h)]
+        out[name] = {"box": box, "area": area}
+    return out
+
+
+def crop_box(image: np.ndarray, box: list[int], margin: float = 0.25) -> np.ndarray:
+    """The pixels of `box` grown by `margin` of its size on every side, clipped to the image."""
+    x0, y0, x1, y1 = box
+    mx, my = round((x1 - x0) * margin), round((y1 - y0) * margin)
+    h, w = image.shape[:2]
+    return np.ascontiguousarray(image[max(0, y0 - my):min(h, y1 + my),
+                                      max(0, x0 - mx):min(w, x1 + mx)])

@@ -1,0 +1,375 @@
+"""Face parsing: class order, CelebAMask-HQ conversion, joint augmentation, OHEM loss, metrics,
+training through the shared trainer, FaceParser and the segment CLI."""
+
+import json
+import os
+
+import cv2
+import numpy as np
+import pytest
+
+from deepfake_jax import seg_pipeline, segmentation
+from deepfake_jax.segmentation import CLASS_INDEX as C
+from deepfake_jax.segmentation import FLIP_PERMUTATION, IGNORE_LABEL, PALETTE
+
+
+def test_class_order_is_the_generators():
+    from data_prep import synthetic
+
+    assert segmentation.PARSING_CLASSES == synthetic.PARSING_CLASSES
+    assert segmentation.PARSING_CLASSES[:5] == ("background", "skin", "l_brow", "r_brow",
+                                               "l_eye")
+    assert segmentation.PARSING_CLASSES[-2:] == ("hair", "hat") and len(PALETTE) == 19
+
+
+# ----------------------------------------------------------------------------- conversion
+
+
+def _label_map(rng, size):
+    """Blocks of every class, so each part mask is non-empty."""
+    lab = np.zeros((size, size), np.uint8)
+    cells = rng.permutation(np.arange(1, 19).repeat(2))
+    side = size // 6
+    for k, cls in enumerate(cells[:36]):
+        r, c = divmod(k, 6)
+        lab[r * side:(r + 1) * side, c * side:(c + 1) * side] = cls
+    return lab
+
+
+def _write_celebamask(root, index, lab, image_scale=2):
+    """One CelebAMask-HQ sample: a JPEG at image_scale x the mask size, binary part PNGs."""
+    img_dir, mask_dir = root / "CelebA-HQ-img", root / "CelebAMask-HQ-mask-anno" / str(
+        index // 2000)
+    img_dir.mkdir(parents=True, exist_ok=True)
+    mask_dir.mkdir(parents=True, exist_ok=True)
+    size = lab.shape[0] * image_scale
+    cv2.imwrite(str(img_dir / f"{index}.jpg"), np.full((size, size, 3), 90, np.uint8))
+    for cls, part in enumerate(segmentation.PARSING_CLASSES[1:], start=1):
+        if (lab == cls).any():
+            cv2.imwrite(str(mask_dir / f"{index:05d}_{part}.png"),
+                        np.where(lab == cls, 255, 0).astype(np.uint8))
+
+
+def _records(out_dir):
+    from deepfake_jax import records
+
+    manifest = records.read_manifest(str(out_dir))
+    got = {}
+    for split in manifest["splits"]:
+        files = records.split_files(str(out_dir), split)
+        for i in range(manifest["splits"][split]["num_records"]):
+            image, labels, rec = seg_pipeline.read_example(files, i)
+            got[rec["path"]] = (split, image, labels)
+    return manifest, got
+
+
+def test_celebamask_round_trip_keeps_label_order(tmp_path):
+    from data_prep import celebamask
+
+    rng = np.random.default_rng(0)
+    src = tmp_path / "celebamask"
+    maps = {i: _label_map(rng, 48) for i in (0, 7, 2001, 4100)}  # mask folders 0, 1 and 2
+    for i, lab in maps.items():
+        _write_celebamask(src, i, lab)
+    # Overlap: skin and hair both on in one pixel -> hair (the later class) wins.
+    (src / "CelebAMask-HQ-mask-anno" / "0" / "00007_hair.png").unlink()
+    both = np.zeros((48, 48), np.uint8)
+    both[:8, :8] = 255
+    skin = cv2.imread(str(src / "CelebAMask-HQ-mask-anno/0/00007_skin.png"), 0)
+    cv2.imwrite(str(src / "CelebAMask-HQ-mask-anno/0/00007_skin.png"), skin | both)
+    cv2.imwrite(str(src / "CelebAMask-HQ-mask-anno/0/00007_hair.png"), both)
+    expected7 = maps[7].copy()
+    expected7[maps[7] == C["hair"]] = 0  # the old hair blocks are in no mask now
+    expected7[:8, :8] = C["hair"]
+    maps[7] = expected7
+    _write_celebamask(src, 9, maps[0])
+    (src / "CelebA-HQ-img" / "9.jpg").write_bytes(b"\xff\xd8\xff broken")  # corrupt, has masks
+    cv2.imwrite(str(src / "CelebA-HQ-img" / "12.jpg"), np.zeros((8, 8, 3), np.uint8))  # no mask
+
+    out = tmp_path / "out"
+    manifest = celebamask.convert(str(src), str(out), split_ratios="0.5,0.25,0.25",
+                                  show_progress=False)
+    assert manifest["layout"] == "celebamask" and manifest["task"] == "segmentation"
+    assert manifest["classes"] == list(segmentation.PARSING_CLASSES)
+    assert {s["path"].split("/")[-1] for s in manifest["skipped_files"]} == {"9.jpg", "12.jpg"}
+    _, got = _records(out)
+    assert len(got) == 4
+    for i, lab in maps.items():
+        split, image, labels = got[f"CelebA-HQ-img/{i}.jpg"]
+        assert image.shape == (96, 96, 3) and labels.shape == (96, 96)  # mask resized to image
+        np.testing.assert_array_equal(labels[::2, ::2], lab)
+    # The split is recorded on disk and is a function of the seed only.
+    rows = (out / "split.csv").read_text().splitlines()
+    assert rows[0] == "path,split" and len(rows) == 5
+    again = celebamask.convert(str(src), str(tmp_path / "again"), split_ratios="0.5,0.25,0.25",
+                               show_progress=False)
+    assert again["splits"].keys() == manifest["splits"].keys()
+    assert (tmp_path / "again" / "split.csv").read_text() == (out / "split.csv").read_text()
+
+
+def test_images_masks_layout_gets_a_seeded_split(tmp_path):
+    from data_prep import celebamask
+
+    rng = np.random.default_rng(1)
+    (tmp_path / "src" / "images").mkdir(parents=True)
+    (tmp_path / "src" / "masks").mkdir()
+    maps = {}
+    for i in range(10):
+        maps[f"images/f{i}.png"] = lab = rng.integers(0, 19, (32, 32)).astype(np.uint8)
+        cv2.imwrite(str(tmp_path / "src" / "images" / f"f{i}.png"), PALETTE[lab][..., ::-1])
+        if i < 9:  # f9 has no label map: listed as skipped
+            cv2.imwrite(str(tmp_path / "src" / "masks" / f"f{i}.png"), lab)
+    manifest = celebamask.convert(str(tmp_path / "src"), str(tmp_path / "out"),
+                                  split_ratios="0.6,0.2,0.2", split_seed=3, show_progress=False)
+    assert manifest["layout"] == "images_masks" and manifest["split_source"] == "seeded"
+    assert {k: v["num_records"] for k, v in manifest["splits"].items()} == {
+        "train": 5, "valid": 2, "test": 2}
+    assert [s["path"] for s in manifest["skipped_files"]] == ["images/f9.png"]
+    _, got = _records(tmp_path / "out")
+    for path, (_, image, labels) in got.items():
+        np.testing.assert_array_equal(labels, maps[path])
+        np.testing.assert_array_equal(image, PALETTE[maps[path]])
+
+
+# ----------------------------------------------------------------------------- augmentation
+
+
+def _blocky_pair(size=96):
+    """An image whose colour is a function of its label (PALETTE) and the label map."""
+    lab = np.zeros((size, size), np.uint8)
+    lab[10:60, 20:80] = C["skin"]
+    lab[20:35, 25:45] = C["r_eye"]  # image left = subject's right
+    lab[20:35, 55:75] = C["l_eye"]
+    lab[40:55, 40:60] = C["nose"]
+    lab[60:, :] = C["cloth"]
+    return PALETTE[lab], lab
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_joint_augmentation_keeps_image_and_labels_aligned(flip):
+    image, lab = _blocky_pair()
+    p = seg_pipeline.SegPreprocess(image_size=96, crop_size=80, scale_range=(0.6, 1.4),
+                                   flip_prob=1.0 if flip else 0.0, color_jitter=0.0)
+    checked = 0
+    for seed in range(6):
+        aug_img, aug_lab = seg_pipeline.train_view(image, lab, np.random.default_rng(seed), p)
+        assert aug_img.shape == (80, 80, 3) and aug_lab.shape == (80, 80)
+        # Interior pixels (a uniform 5x5 label neighbourhood) must show their label's colour;
+        # a flip turns the subject's left eye into the right one, so labels swap there.
+        pad = np.pad(aug_lab.astype(np.int32), 2, constant_values=-1)
+        uniform = np.ones_like(aug_lab, bool)
+        for dy in range(5):
+            for dx in range(5):
+                uniform &= pad[dy:dy + 80, dx:dx + 80] == aug_lab
+        inside = uniform & (aug_lab != IGNORE_LABEL)
+        source_lab = FLIP_PERMUTATION[aug_lab] if flip else aug_lab
+        colour = segmentation.colorize(source_lab)  # IGNORE_LABEL -> black, like the padding
+        diff = np.abs(aug_img.astype(int) - colour.astype(int)).max(-1)
+        assert inside.sum() > 1000
+        assert (diff[inside] <= 2).all()
+        # Padding (scale < 1) is ignored, and the ignored pixels are black.
+        assert (aug_img[aug_lab == IGNORE_LABEL] == 0).all()
+        checked += 1
+    assert checked == 6
+
+
+def test_flip_swaps_left_and_right_classes():
+    image, lab = _blocky_pair()
+    _, flipped = seg_pipeline.flip_pair(image, lab)
+    assert (flipped[20:35, 96 - 45:96 - 25] == C["l_eye"]).all()  # the old r_eye block
+    assert (flipped[40:55, 36:56] == C["nose"]).all()
+    np.testing.assert_array_equal(FLIP_PERMUTATION[FLIP_PERMUTATION], np.arange(256))
+
+
+def test_color_jitter_changes_only_the_image():
+    image, lab = _blocky_pair()
+    p = seg_pipeline.SegPreprocess(image_size=96, crop_size=96, scale_range=(1.0, 1.0),
+                                   flip_prob=0.0, color_jitter=0.4)
+    aug_img, aug_lab = seg_pipeline.train_view(image, lab, np.random.default_rng(3), p)
+    np.testing.assert_array_equal(aug_lab, lab)
+    assert np.abs(aug_img.astype(int) - image).max() > 5
+
+
+# ----------------------------------------------------------------------------- loss, metrics
+
+
+def _np_ohem(logits, labels, thresh, n_min):
+    z = logits - logits.max(-1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+    loss = -np.take_along_axis(logp, labels[..., None], -1)[..., 0].ravel()
+    loss = np.sort(loss)[::-1]
+    cut = -np.log(thresh)
+    return loss[loss > cut].mean() if loss[n_min] > cut else loss[:n_min].mean()
+
+
+@pytest.mark.parametrize("scale", [0.1, 8.0])  # few / many pixels above the threshold
+def test_ohem_matches_reference(scale):
+    rng = np.random.default_rng(0)
+    logits = (rng.normal(size=(2, 8, 8, 5)) * scale).astype(np.float32)
+    labels = rng.integers(0, 5, (2, 8, 8))
+    got = float(segmentation.ohem_cross_entropy(logits, labels, thresh=0.7,
+                                                min_kept_fraction=1 / 16))
+    assert got == pytest.approx(_np_ohem(logits, labels, 0.7, 8), rel=1e-5)
+
+
+def test_ohem_ignores_padding():
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(1, 4, 4, 3)).astype(np.float32)
+    labels = rng.integers(0, 3, (1, 4, 4))
+    labels_pad = labels.copy()
+    labels_pad[0, 0] = IGNORE_LABEL
+    full = float(segmentation.ohem_cross_entropy(logits[:, 1:], labels[:, 1:],
+                                                 min_kept_fraction=1.0 - 1e-9))
+    padded = float(segmentation.ohem_cross_entropy(logits, labels_pad, min_kept_fraction=0.74))
+    assert padded == pytest.approx(full, rel=1e-5)  # the 12 valid pixels, nothing else
+
+
+def test_miou_and_f1_match_hand_computation():
+    truth = np.array([[0, 0, 1, 1],
+                      [0, 2, 2, 1],
+                      [IGNORE_LABEL, 0, 0, 0]])
+    pred = np.array([[0, 1, 1, 1],
+                     [0, 2, 1, 1],
+                     [2, 0, 0, 2]])
+    cm = segmentation.confusion_matrix(truth, pred, num_classes=4)
+    assert cm.sum() == 11  # the ignored pixel is left out
+    # class 0: TP 4 (of 6 true), FP 0, FN 2 -> IoU 4/6, F1 8/10
+    # class 1: TP 3 (of 3 true), FP 2       -> IoU 3/5, F1 6/8
+    # class 2: TP 1 (of 2 true), FP 1, FN 1 -> IoU 1/3, F1 2/4
+    # class 3: absent from the truth and never predicted -> not evaluated
+    m = segmentation.segmentation_metrics(cm, ("background", "a", "b", "c"))
+    assert m["per_class"]["background"]["iou"] == pytest.approx(4 / 6)
+    assert m["per_class"]["a"]["f1"] == pytest.approx(6 / 8)
+    assert m["per_class"]["b"]["iou"] == pytest.approx(1 / 3)
+    assert m["per_class"]["c"]["iou"] is None
+    assert m["miou"] == pytest.approx((4 / 6 + 3 / 5 + 1 / 3) / 3)
+    assert m["mean_f1"] == pytest.approx((8 / 10 + 6 / 8 + 2 / 4) / 3)
+    assert m["mean_f1_face"] == pytest.approx((6 / 8 + 2 / 4) / 2)
+    assert m["pixel_accuracy"] == pytest.approx(8 / 11)
+
+
+def test_region_boxes_use_the_largest_part():
+    lab = np.zeros((20, 20), np.uint8)
+    lab[2:5, 3:9] = C["l_eye"]
+    lab[19, 19] = C["l_eye"]  # a stray pixel
+    lab[10:12, 5:8] = C["u_lip"]
+    lab[12:14, 5:9] = C["l_lip"]
+    r = segmentation.region_boxes(lab)
+    assert r["left_eye"] == {"box": [3, 2, 9, 5], "area": 19}
+    assert r["lips"] == {"box": [5, 10, 9, 14], "area": 14}
+    assert r["nose"] == {"box": None, "area": 0}
+
+
+def test_poly_schedule_and_task_choice():
+    import ml_collections
+
+    from configs import bisenet_face_parsing
+    from deepfake_jax import train
+
+    opt = ml_collections.ConfigDict(dict(learning_rate=0.01, warmup_steps=10, schedule="poly",
+                                         power=0.9, end_lr_factor=0.0))
+    lr = train.learning_rate_schedule(opt, 110)
+    assert float(lr(5)) == pytest.approx(0.005)
+    assert float(lr(10)) == pytest.approx(0.01)
+    assert float(lr(60)) == pytest.approx(0.01 * 0.5 ** 0.9, rel=1e-5)
+    assert float(lr(110)) == pytest.approx(0.0, abs=1e-9)
+    config = bisenet_face_parsing.get_config("tiny")
+    assert type(train.make_task(config)).__name__ == "SegmentationTask"
+    config.task = "detection"
+    with pytest.raises(ValueError, match="config.task='detection'"):
+        train.make_task(config)
+
+
+# ----------------------------------------------------------------------------- training, CLI
+
+
+@pytest.fixture(scope="session")
+def parsing_run(tmp_path_factory):
+    """configs/bisenet_face_parsing.py:tiny trained (4 steps) on 8 devices: (workdir, summary)."""
+    import jax
+
+    from configs import bisenet_face_parsing
+    from deepfake_jax import train
+
+    workdir = str(tmp_path_factory.mktemp("parsing_run"))
+    config = bisenet_face_parsing.get_config("tiny")
+    assert jax.device_count() == 8
+    return workdir, train.train_and_evaluate(config, workdir)
+
+
+def test_training_writes_parsing_metrics_and_pictures(parsing_run):
+    workdir, summary = parsing_run
+    assert summary["step"] == 4
+    test_m = summary["eval"]["test"]
+    assert 0.0 <= test_m["miou"] <= 1.0 and test_m["num_images"] == 8
+    cm = np.array(test_m["confusion_matrix"])
+    assert cm.shape == (19, 19) and cm.sum() == 8 * 32 * 32
+    recomputed = segmentation.segmentation_metrics(cm)
+    assert recomputed["miou"] == pytest.approx(test_m["miou"])
+    for split in ("valid", "test"):
+        out = os.path.join(workdir, "eval", split)
+        with open(os.path.join(out, "metrics.json")) as f:
+            assert json.load(f)["miou"] == pytest.approx(summary["eval"][split]["miou"])
+        for name in ("confusion_matrix.png", "overlays.png"):
+            assert os.path.getsize(os.path.join(out, name)) > 1000
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        vals = [json.loads(line) for line in f if '"val"' in line]
+    assert [v["step"] for v in vals] == [4] and all("val_miou" in v for v in vals)
+
+
+@pytest.fixture(scope="module")
+def face_parser(parsing_run):
+    from deepfake_jax import segment
+
+    return segment.FaceParser(parsing_run[0])
+
+
+def test_face_parser_returns_labels_at_input_size(face_parser):
+    parser = face_parser
+    images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    labels = parser.parse(images)
+    assert labels.shape == (3, 32, 32) and labels.dtype == np.int32
+    assert labels.min() >= 0 and labels.max() < 19
+    np.testing.assert_array_equal(parser.parse(images[:1]), labels[:1])  # batch-independent
+    big = parser.parse(np.stack([cv2.resize(im, (96, 80)) for im in images[:2]]))
+    assert big.shape == (2, 80, 96)
+    with pytest.raises(ValueError, match="uint8 RGB images"):
+        parser.parse(images[..., 0])
+
+
+def test_segment_cli_reports_every_file(parsing_run, face_parser, tmp_path):
+    from data_prep import synthetic
+    from deepfake_jax import faces, segment
+
+    workdir, _ = parsing_run
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for seed in range(40):  # a generated face OpenCV's detector finds (deterministic)
+        face, _ = synthetic.make_real(np.random.default_rng(seed), 128)
+        if faces.detect_largest_face(face) is not None:
+            break
+    cv2.imwrite(str(folder / "face.png"), cv2.cvtColor(face, cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(folder / "wall.png"), np.full((80, 80, 3), 140, np.uint8))  # no face
+    good = cv2.imencode(".jpg", face)[1].tobytes()
+    (folder / "broken.jpg").write_bytes(good[:len(good) // 3])
+    (folder / "notes.txt").write_text("not an image")  # not listed: not an image extension
+    out = tmp_path / "out"
+    # segment.main without its model restore: the session's parser is passed in.
+    args = segment.build_parser().parse_args(
+        ["--workdir", workdir, str(folder), str(tmp_path / "missing.jpg"), "--output", str(out),
+         "--face-crop"])
+    result = segment.segment_paths(args.workdir, args.inputs, args.output,
+                                 face_crop=args.face_crop, parser=face_parser)
+    with open(out / "summary.json") as f:
+        rows = {os.path.basename(r["path"]): r for r in json.load(f)["files"]}
+    assert {k: r["status"] for k, r in rows.items()} == {
+        "broken.jpg": "error", "face.png": "ok", "wall.png": "no_face", "missing.jpg": "error"}
+    assert "truncated" in rows["broken.jpg"]["error"]
+    face_row = rows["face.png"]
+    assert set(face_row["regions"]) == {"left_eye", "right_eye", "nose", "lips"}
+    x0, y0, x1, y1 = face_row["face_box"]
+    mask = cv2.imread(face_row["files"]["mask"])
+    assert mask.shape[:2] == (y1 - y0, x1 - x0)  # labels at the face crop's size
+    with open(out / "face.json") as f:
+        assert json.load(f)["status"] == "ok"
+    assert "4 file(s): 1 ok, 1 without a face, 2 unreadable" in segment.summary(result, str(out))
