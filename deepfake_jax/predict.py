@@ -2,24 +2,35 @@
 
     python -m deepfake_jax.predict --workdir runs/demo IMAGE_OR_DIR... [--output preds.csv|.json]
         [--checkpoint latest|best|STEP] [--use_ema|--nouse_ema] [--batch_size 32]
-        [--face-crop] [--recursive]
+        [--face-crop | --face-align] [--recursive] [--heatmaps OUTDIR] [--segmentation_workdir DIR]
 
 Each image is decoded to RGB (any size, colour mode or format OpenCV/PIL read), optionally cropped
-to its largest face (`--face-crop`, `deepfake_jax.faces`), then given exactly the evaluation view
-(`augment.eval_view`) and scored by the trainer's jitted eval step (`train.make_eval_steps`, which
-also normalises), so a file scores as its record does in `evaluate`. The label uses the threshold
-the run's evaluation chose on validation (`<workdir>/eval/valid/metrics.json`, else the newest
-`<workdir>/eval/*/*/metrics.json`, else 0.5 with a warning).
+to its largest face (`--face-crop`, `deepfake_jax.faces`; `--face-align` rotates and scales it
+so the eyes sit where they are in FFHQ/140k images, `deepfake_jax.landmarks`), then given exactly
+the evaluation view (`augment.eval_view`) and scored by the trainer's jitted eval step
+(`train.make_eval_steps`, which also normalises), so a file scores as its record does in
+`evaluate`. The label uses the threshold the run's evaluation chose on validation
+(`<workdir>/eval/valid/metrics.json`, else the newest `<workdir>/eval/*/*/metrics.json`, else 0.5
+with a warning).
 
 Writes `<workdir>/predictions/predictions.csv` (or `--output`; a `.json` suffix writes a JSON
 list) with one row per input file: path, status (ok / error / no_face), p_fake, label, threshold,
-threshold_source, face_box (x,y,w,h), error. Unreadable files get an `error` row, never a crash;
-a run without a single readable image still writes the file, then exits non-zero.
+threshold_source, face_box (x,y,w,h), heatmap (PNG path with --heatmaps), error. Unreadable
+files get an `error` row, never a crash; a run without a single readable image still writes the
+file, then exits non-zero.
+
+`--heatmaps OUTDIR` also writes `<OUTDIR>/<stem>_heatmap.png` per scored image: the evaluation
+view with the model's heatmap on top (`deepfake_jax.explain`: Grad-CAM for the CNNs, attention
+rollout for ViT; same weights and normalisation as the score), and fills the `heatmap` column
+with its path. With `--segmentation_workdir DIR` (a face-parsing run, `deepfake_jax.segment`)
+each row also gets `heat_share_<region>` / `area_share_<region>` columns: the share of the
+heatmap and of the pixels on eyes, brows, nose, lips, skin, hair, background, others.
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import glob
 import json
 import math
@@ -33,7 +44,7 @@ import numpy as np
 import tqdm
 from absl import app, flags, logging
 
-from deepfake_jax import augment, evaluate, faces, sharding, train
+from deepfake_jax import augment, evaluate, explain, faces, landmarks, sharding, train
 from deepfake_jax.image_io import decode_image_rgb
 
 # --workdir, --checkpoint and --use_ema are evaluate's flags (registered when it is imported).
@@ -43,11 +54,18 @@ flags.DEFINE_string("output", None, "Output file: .csv (default "
 flags.DEFINE_integer("batch_size", 32, "Images per step (rounded up to the device count).")
 flags.DEFINE_bool("face_crop", False, "Crop the largest face (OpenCV Haar cascade) first; "
                   "images without a face get status no_face. Also spelled --face-crop.")
+flags.DEFINE_bool("face_align", False, "Like --face_crop, but the face is aligned on its eyes "
+                  "(dlib landmarks, the `landmarks` extra); falls back to the Haar crop, with a "
+                  "warning, when dlib is not installed or finds no face. Also --face-align.")
 flags.DEFINE_bool("recursive", False, "Also walk the subfolders of the folders given.")
+flags.DEFINE_string("heatmaps", None, "Folder for <stem>_heatmap.png overlays (Grad-CAM / "
+                    "attention rollout on the scored view).")
+flags.DEFINE_string("segmentation_workdir", None, "A face-parsing run: with --heatmaps, adds "
+                    "the heatmap's share per face region.")
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 COLUMNS = ("path", "status", "p_fake", "label", "threshold", "threshold_source", "face_box",
-           "error")
+           "heatmap", "error")
 DEFAULT_THRESHOLD = 0.5
 FACE_MARGIN = 0.3
 
@@ -109,15 +127,19 @@ def find_threshold(workdir: str) -> tuple[float, str]:
     return DEFAULT_THRESHOLD, f"default {DEFAULT_THRESHOLD} (no eval metrics.json found)"
 
 
-def load_view(path: str, crop_size: int, resize_to: int | None, face_crop: bool = False
-              ) -> tuple[np.ndarray | None, tuple[int, int, int, int] | None]:
+def load_view(path: str, crop_size: int, resize_to: int | None, face_crop: bool = False,
+              aligner=None) -> tuple[np.ndarray | None, tuple[int, int, int, int] | None]:
     """(eval view, face box) of one file; (None, None) when face_crop finds no face.
+    `aligner` (`landmarks.make_face_aligner`) is tried before the face crop.
     Raises OSError / ImageDecodeError for unreadable files."""
     with open(path, "rb") as f:
         data = f.read()
     image = decode_image_rgb(data, path)
     box = None
-    if face_crop:
+    aligned = aligner(image) if aligner is not None else None
+    if aligned is not None:
+        image, box = aligned
+    elif face_crop:
         box = faces.detect_largest_face(image)
         if box is None:
             return None, None
@@ -141,6 +163,13 @@ class _Scorer:
         evals = train.make_eval_steps(config, self.mesh, graphdef,
                                       jax.tree.map(lambda x: x.sharding, self.state))
         self.eval_fn = evals[use_ema]
+        self._heatmap_step = functools.partial(  # jitted on first use (--heatmaps)
+            explain.make_heatmap_step, graphdef, use_ema=use_ema,
+            mean=tuple(config.input.get("mean", train.IMAGENET_MEAN)),
+            std=tuple(config.input.get("std", train.IMAGENET_STD)),
+            in_shardings=(jax.tree.map(lambda x: x.sharding, self.state),
+                          sharding.batch_sharding(self.mesh)),
+            out_shardings=sharding.batch_sharding(self.mesh))
         logging.info("scoring with step %d (%s weights), batches of %d on %d device(s)",
                      self.step, "EMA" if use_ema else "raw", self.batch_size, n)
 
@@ -153,12 +182,28 @@ class _Scorer:
         p = self.eval_fn(self.state, batch)
         return np.asarray(p, np.float64)[:k]  # the padding's scores are dropped
 
+    def heatmaps(self, views: list[np.ndarray]) -> np.ndarray:
+        """(k, H, W) heatmaps in [0, 1] of the views (see `deepfake_jax.explain`)."""
+        if isinstance(self._heatmap_step, functools.partial):
+            self._heatmap_step = self._heatmap_step()
+        k = len(views)
+        images = np.zeros((self.batch_size, *views[0].shape), np.uint8)
+        images[:k] = np.stack(views)
+        batch = sharding.host_to_global(self.mesh, {
+            "image": images, "label": np.zeros((self.batch_size,), np.int32)})
+        return np.asarray(self._heatmap_step(self.state, batch), np.float32)[:k]
+
 
 def predict_paths(workdir: str, paths: list[str], *, checkpoint: str = "latest",
                   use_ema: bool | None = None, batch_size: int = 32, face_crop: bool = False,
                   recursive: bool = False, devices: list | None = None,
-                  show_progress: bool = False) -> list[dict[str, Any]]:
+                  show_progress: bool = False, heatmaps_dir: str | None = None,
+                  segmentation_workdir: str | None = None, face_align: bool = False
+                  ) -> list[dict[str, Any]]:
     """One row per input file (see COLUMNS; p_fake a float or None, face_box a tuple or None).
+
+    `heatmaps_dir`: write overlays there (column `heatmap`); with `segmentation_workdir`, also
+    `heat_share_<region>` / `area_share_<region>` columns (see the module docstring).
 
     The model is restored only once a readable image needs it, so a run with nothing readable
     costs no checkpoint restore or compilation.
@@ -170,6 +215,14 @@ def predict_paths(workdir: str, paths: list[str], *, checkpoint: str = "latest",
     resize_to = config.input.get("resize_to") or None
     threshold, source = find_threshold(workdir)
     files = list_images(list(paths), recursive)
+    aligner = None
+    if face_align:  # the Haar face crop stays the fallback (no dlib, or no face found by it)
+        aligner, face_crop = landmarks.make_face_aligner(resize_to or crop_size), True
+    if segmentation_workdir and not heatmaps_dir:
+        raise ValueError("--segmentation_workdir gives region shares of heatmaps: "
+                         "add --heatmaps OUTDIR")
+    heatmap_writer = (explain.HeatmapWriter(heatmaps_dir, segmentation_workdir)
+                      if heatmaps_dir else None)
     scorer = None
     rows, pending = [], []
 
@@ -177,15 +230,21 @@ def predict_paths(workdir: str, paths: list[str], *, checkpoint: str = "latest",
         scores = scorer([view for _, view in pending])
         for (row, _), p in zip(pending, scores, strict=True):
             row.update(p_fake=float(p), label="fake" if p >= threshold else "real")
+        if heatmap_writer is not None:
+            views = [view for _, view in pending]
+            fields = heatmap_writer([row["path"] for row, _ in pending], views,
+                                    scorer.heatmaps(views))
+            for (row, _), extra in zip(pending, fields, strict=True):
+                row.update(extra)
         pending.clear()
 
     for path in tqdm.tqdm(files, desc="predicting", unit="img", disable=not show_progress):
         row = {"path": path, "status": "ok", "p_fake": None, "label": "",
                "threshold": threshold, "threshold_source": source, "face_box": None,
-               "error": ""}
+               "heatmap": "", "error": ""}
         rows.append(row)
         try:
-            view, box = load_view(path, crop_size, resize_to, face_crop)
+            view, box = load_view(path, crop_size, resize_to, face_crop, aligner)
         except OSError as e:
             row.update(status="error", error=f"cannot read file: {e.strerror or e}")
             continue
@@ -217,23 +276,26 @@ def default_output(workdir: str) -> str:
 def write_predictions(rows: list[dict[str, Any]], path: str) -> str:
     """Writes `rows` as CSV, or as a JSON list when `path` ends with .json; returns `path`."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    # optional per-run columns (region shares) after the fixed ones; blank where a row has none
+    extra = list(dict.fromkeys(k for r in rows for k in r if k not in COLUMNS))
     if path.lower().endswith(".json"):
-        out = [{k: (list(r[k]) if k == "face_box" and r[k] is not None else r[k])
-                for k in COLUMNS} for r in rows]
+        out = [{k: (list(r[k]) if k == "face_box" and r[k] is not None else r.get(k))
+                for k in (*COLUMNS, *extra)} for r in rows]
         with open(path, "w") as f:
             json.dump(out, f, indent=1)
             f.write("\n")
         return path
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(COLUMNS)
+        writer.writerow((*COLUMNS, *extra))
         for r in rows:
             writer.writerow([
                 r["path"], r["status"],
                 "" if r["p_fake"] is None else f"{r['p_fake']:.6f}",
                 r["label"], f"{r['threshold']:.6f}", r["threshold_source"],
                 "" if r["face_box"] is None else ",".join(str(v) for v in r["face_box"]),
-                r["error"],
+                r["heatmap"], r["error"],
+                *("" if r.get(k) is None else f"{r[k]:.6f}" for k in extra),
             ])
     return path
 
@@ -265,8 +327,9 @@ def check_readable(rows: list[dict[str, Any]], output: str) -> None:
 
 
 def _normalize_argv(argv: list[str]) -> list[str]:
-    """Accepts --face-crop / --noface-crop for --face_crop."""
-    alias = {"--face-crop": "--face_crop", "--noface-crop": "--noface_crop"}
+    """Accepts --face-crop / --noface-crop for --face_crop (and --face-align likewise)."""
+    alias = {"--face-crop": "--face_crop", "--noface-crop": "--noface_crop",
+             "--face-align": "--face_align", "--noface-align": "--noface_align"}
     out = []
     for i, a in enumerate(argv):
         if a == "--":
@@ -285,7 +348,8 @@ def main(argv):
         rows = predict_paths(
             FLAGS.workdir, argv[1:], checkpoint=FLAGS.checkpoint, use_ema=FLAGS.use_ema,
             batch_size=FLAGS.batch_size, face_crop=FLAGS.face_crop, recursive=FLAGS.recursive,
-            show_progress=True)
+            show_progress=True, heatmaps_dir=FLAGS.heatmaps,
+            segmentation_workdir=FLAGS.segmentation_workdir, face_align=FLAGS.face_align)
     except (FileNotFoundError, ValueError) as e:  # not a run, no checkpoint, bad --checkpoint
         sys.exit(f"error: {e}")
     output = write_predictions(rows, FLAGS.output or default_output(FLAGS.workdir))

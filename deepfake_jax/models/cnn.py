@@ -135,10 +135,14 @@ class SmallCNN(ParamGroups, nnx.Module):
             x = nnx.max_pool(jax.nn.relu(conv(x)), (2, 2), strides=(2, 2), padding="VALID")
         return x
 
+    def pool_feature_map(self, fmap: jax.Array) -> jax.Array:
+        """``feature_map`` output -> the head's input: Keras' channels-last Flatten. Grad-CAM
+        differentiates ``head(pool_feature_map(.))``."""
+        return fmap.reshape(fmap.shape[0], -1)
+
     def features(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         """Flattened conv features (B, h3 * w3 * f3), channels-last order like Keras."""
-        x = self.feature_map(x, train=train)
-        return x.reshape(x.shape[0], -1)
+        return self.pool_feature_map(self.feature_map(x, train=train))
 
     def head(self, feats: jax.Array, *, train: bool = False,
              rngs: nnx.Rngs | None = None) -> jax.Array:

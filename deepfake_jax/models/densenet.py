@@ -170,9 +170,14 @@ class DenseNet(ParamGroups, nnx.Module):
                 x = getattr(self, f"transition{b}")(x, train=train)
         return jax.nn.relu(self.norm5(x, use_running_average=ura))
 
+    def pool_feature_map(self, fmap: jax.Array) -> jax.Array:
+        """``feature_map`` output -> the head's input: global average pool (B, C). Grad-CAM
+        (``deepfake_jax.explain``) differentiates ``head(pool_feature_map(.))``."""
+        return jnp.mean(fmap, axis=(1, 2))
+
     def features(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         """Globally average-pooled features (B, C)."""
-        return jnp.mean(self.feature_map(x, train=train), axis=(1, 2))
+        return self.pool_feature_map(self.feature_map(x, train=train))
 
     def head(self, feats: jax.Array) -> jax.Array:
         """Classifier head on pooled features (B, C) -> logits (B, num_classes)."""

@@ -154,10 +154,15 @@ class VGG(ParamGroups, nnx.Module):
             x = nnx.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
         return x
 
+    def pool_feature_map(self, fmap: jax.Array) -> jax.Array:
+        """``feature_map`` output -> the head's input: adaptive average pool, then flatten
+        (B, C * pool * pool), NHWC order. Grad-CAM differentiates ``head(pool_feature_map(.))``."""
+        x = adaptive_avg_pool(fmap, self.pool_size)
+        return x.reshape(x.shape[0], -1)
+
     def features(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         """Adaptive-average-pooled and flattened features (B, C * pool * pool), NHWC order."""
-        x = adaptive_avg_pool(self.feature_map(x, train=train), self.pool_size)
-        return x.reshape(x.shape[0], -1)
+        return self.pool_feature_map(self.feature_map(x, train=train))
 
     def head(self, feats: jax.Array, *, train: bool = False,
              rngs: nnx.Rngs | None = None) -> jax.Array:
