@@ -110,7 +110,11 @@ def run_kfold(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
             logging.info("fold %d/%d already evaluated in %s: reused", i + 1, k, run_dir)
         else:
             logging.info("fold %d/%d: training in %s", i + 1, k, run_dir)
-            train.train_and_evaluate(fold_config(config, data_dir), run_dir)
+            summary = train.train_and_evaluate(fold_config(config, data_dir), run_dir)
+            if summary.get("halted"):  # SIGTERM / halt_after_steps: rerun to continue the CV
+                logging.warning("fold %d stopped (%s); rerun the command to resume", i,
+                                summary["halted"])
+                return {"k": k, "halted": summary["halted"], "fold": i}
         with open(os.path.join(test_dir, "metrics.json")) as f:
             per_fold.append(json.load(f))
         fold_labels, fold_scores, fold_pred = _read_predictions(
