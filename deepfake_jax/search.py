@@ -187,10 +187,12 @@ def _write_results(rows, search, workdir: str) -> None:
                 f"{search.metric})\n\n{format_results(rows, search)}\n")
 
 
-flags.DEFINE_string("workdir", None, "Where the study, the trial runs and the results go.")
-config_flags.DEFINE_config_file("config", None, "An ml_collections config file.",
-                                lock_config=True)
-flags.mark_flags_as_required(["config", "workdir"])
+def _define_flags() -> None:
+    """Only for the CLI: importing this module must not claim --workdir (evaluate has it)."""
+    flags.DEFINE_string("workdir", None, "Where the study, the trial runs and the results go.")
+    config_flags.DEFINE_config_file("config", None, "An ml_collections config file.",
+                                    lock_config=True)
+    flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
@@ -204,4 +206,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    _define_flags()
     app.run(main)
