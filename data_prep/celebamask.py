@@ -42,12 +42,11 @@ import numpy as np
 from data_prep import layouts
 from data_prep.convert import _ShardWriter, _write_json_atomic, prepare_output, split_order
 from deepfake_jax import records, seg_pipeline
-from deepfake_jax.image_io import ImageDecodeError, decode_image_rgb
+from deepfake_jax.image_io import IMAGE_EXTENSIONS, ImageDecodeError, decode_image_rgb
 from deepfake_jax.segmentation import NUM_CLASSES, PARSING_CLASSES
 
 LAYOUTS = ("celebamask", "images_masks", "synthetic")
 SPLITS = ("train", "valid", "test")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 CELEBA_IMAGES = "CelebA-HQ-img"
 CELEBA_MASKS = "CelebAMask-HQ-mask-anno"
 SPLIT_FILE = "split.csv"

@@ -39,11 +39,11 @@ from typing import Any
 
 import numpy as np
 
+from deepfake_jax.image_io import IMAGE_EXTENSIONS
 from deepfake_jax.records import LABEL_FAKE, LABEL_REAL
 
 LAYOUTS = ("140k", "seed", "rvf10k", "ciplab", "generic")
 LAYOUT_CHOICES = ("auto",) + LAYOUTS
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 SPLITS = ("train", "valid", "test")
 SPLIT_ALIASES = {"train": "train", "valid": "valid", "val": "valid", "validation": "valid",
                  "test": "test"}

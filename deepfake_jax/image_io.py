@@ -30,6 +30,8 @@ decoders conceal them, and so do we.
 from __future__ import annotations
 
 import io
+import logging
+import os
 from typing import Any
 
 import cv2
@@ -199,3 +201,42 @@ def probe_image(data: bytes, source: str = "<bytes>") -> dict[str, Any]:
         bit_depth = 16 if mode.startswith("I;16") else 8
     return {"width": width, "height": height, "mode": mode, "format": fmt,
             "bit_depth": bit_depth, "orientation": orientation}
+
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+
+
+def list_images(paths: list[str], recursive: bool = False) -> list[str]:
+    """Files to read, in a stable order: each path given (files as given, whatever their
+    extension, and missing ones too, so they get an error row), folders expanded to their image
+    files (IMAGE_EXTENSIONS, any case) sorted by name; duplicates once.
+
+    Shared by predict, segment and landmarks; lives here because it must not import jax."""
+    out, seen = [], set()
+
+    def add(p):
+        key = os.path.abspath(p)
+        if key not in seen:
+            seen.add(key)
+            out.append(p)
+
+    for path in paths:
+        if not os.path.isdir(path):
+            add(path)
+            continue
+        found = []
+        if recursive:
+            for root, dirs, files in os.walk(path):
+                dirs.sort()
+                found += [os.path.join(root, f) for f in files]
+        else:
+            found = [os.path.join(path, f) for f in os.listdir(path)
+                     if os.path.isfile(os.path.join(path, f))]
+        images = sorted(f for f in found if f.lower().endswith(IMAGE_EXTENSIONS))
+        if not images:
+            logging.getLogger(__name__).warning(
+                "%s holds no %s files%s", path, "/".join(IMAGE_EXTENSIONS),
+                "" if recursive else " (subfolders need --recursive)")
+        for f in images:
+            add(f)
+    return out

@@ -48,7 +48,7 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
-from deepfake_jax.image_io import decode_image_rgb
+from deepfake_jax.image_io import decode_image_rgb, list_images
 
 __all__ = [
     "CANONICAL_EYES",
@@ -518,32 +518,6 @@ def process_file(path: str, backend: LandmarkBackend, outdir: str, key: str, *,
     return row
 
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
-
-
-def list_images(paths: Sequence[str], recursive: bool = False) -> list[str]:
-    """predict.list_images' rule without importing predict (which loads JAX, ~3 s): files as
-    given (missing ones too, to get an error row), folders expanded to their image files
-    sorted by name; duplicates once."""
-    out, seen = [], set()
-    for path in paths:
-        if os.path.isdir(path):
-            if recursive:
-                found = [os.path.join(root, f) for root, _, files in os.walk(path) for f in files]
-            else:
-                found = [os.path.join(path, f) for f in os.listdir(path)
-                         if os.path.isfile(os.path.join(path, f))]
-            found = sorted(f for f in found if f.lower().endswith(IMAGE_EXTENSIONS))
-            if not found:
-                log.warning("%s holds no %s files%s", path, "/".join(IMAGE_EXTENSIONS),
-                            "" if recursive else " (subfolders need --recursive)")
-        else:
-            found = [path]
-        for f in found:
-            if os.path.abspath(f) not in seen:
-                seen.add(os.path.abspath(f))
-                out.append(f)
-    return out
 
 
 def run(paths: Sequence[str], outdir: str, backend: LandmarkBackend, *, recursive: bool = False,

@@ -45,7 +45,7 @@ import tqdm
 from absl import app, flags, logging
 
 from deepfake_jax import augment, evaluate, explain, faces, landmarks, sharding, train
-from deepfake_jax.image_io import decode_image_rgb
+from deepfake_jax.image_io import decode_image_rgb, list_images
 
 # --workdir, --checkpoint and --use_ema are evaluate's flags (registered when it is imported).
 FLAGS = flags.FLAGS
@@ -63,7 +63,6 @@ flags.DEFINE_string("heatmaps", None, "Folder for <stem>_heatmap.png overlays (G
 flags.DEFINE_string("segmentation_workdir", None, "A face-parsing run: with --heatmaps, adds "
                     "the heatmap's share per face region.")
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 COLUMNS = ("path", "status", "p_fake", "label", "threshold", "threshold_source", "face_box",
            "heatmap", "error")
 DEFAULT_THRESHOLD = 0.5
@@ -75,39 +74,6 @@ class NoReadableImagesError(RuntimeError):
 
 
 # ----------------------------------------------------------------------------- inputs
-
-
-def list_images(paths: list[str], recursive: bool = False) -> list[str]:
-    """Files to score, in a stable order: each path given (files as given, whatever their
-    extension, and missing ones too, so they get an error row), folders expanded to their image
-    files (IMAGE_EXTENSIONS, any case) sorted by name; duplicates once."""
-    out, seen = [], set()
-
-    def add(p):
-        key = os.path.abspath(p)
-        if key not in seen:
-            seen.add(key)
-            out.append(p)
-
-    for path in paths:
-        if not os.path.isdir(path):
-            add(path)
-            continue
-        found = []
-        if recursive:
-            for root, dirs, files in os.walk(path):
-                dirs.sort()
-                found += [os.path.join(root, f) for f in files]
-        else:
-            found = [os.path.join(path, f) for f in os.listdir(path)
-                     if os.path.isfile(os.path.join(path, f))]
-        images = sorted(f for f in found if f.lower().endswith(IMAGE_EXTENSIONS))
-        if not images:
-            logging.warning("%s holds no %s files%s", path, "/".join(IMAGE_EXTENSIONS),
-                            "" if recursive else " (subfolders need --recursive)")
-        for f in images:
-            add(f)
-    return out
 
 
 def find_threshold(workdir: str) -> tuple[float, str]:

@@ -39,9 +39,8 @@ import numpy as np
 import tqdm
 
 from deepfake_jax import evaluate, faces, seg_train, segmentation, sharding
-from deepfake_jax.image_io import ImageDecodeError, decode_image_rgb
+from deepfake_jax.image_io import ImageDecodeError, decode_image_rgb, list_images
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 FACE_MARGIN = 0.3
 # Classes that make a face (not background, clothes, neck or hair): used to decide no_face.
 FACE_CLASSES = ("skin", "l_brow", "r_brow", "l_eye", "r_eye", "nose", "mouth", "u_lip", "l_lip")
@@ -106,28 +105,6 @@ class FaceParser:
 
 
 # ----------------------------------------------------------------------------- files
-
-
-def list_images(paths: list[str], recursive: bool = False) -> list[str]:
-    """Files as given (missing ones too: they get an error), folders expanded to their image
-    files sorted by name; duplicates once."""
-    out, seen = [], set()
-    for path in paths:
-        if os.path.isdir(path):
-            found = []
-            for root, dirs, files in os.walk(path):
-                dirs.sort()
-                found += [os.path.join(root, f) for f in sorted(files)
-                          if f.lower().endswith(IMAGE_EXTENSIONS)]
-                if not recursive:
-                    break
-        else:
-            found = [path]
-        for p in found:
-            if os.path.abspath(p) not in seen:
-                seen.add(os.path.abspath(p))
-                out.append(p)
-    return out
 
 
 def _write_png(path: str, rgb_or_gray: np.ndarray) -> str:
