@@ -116,8 +116,11 @@ def load_view(path: str, crop_size: int, resize_to: int | None, face_crop: bool 
 # ----------------------------------------------------------------------------- scoring
 
 
-class _Scorer:
-    """The restored run's jitted eval step over padded, masked batches of eval views."""
+class Scorer:
+    """The restored run's jitted eval step over padded, masked batches of eval views.
+
+    Public: the web app (`deepfake_jax.app.runs`) scores uploads with it.
+    """
 
     def __init__(self, config, workdir, checkpoint, use_ema, batch_size, devices):
         self.mesh = sharding.make_mesh(None, devices=jax.local_devices() if devices is None
@@ -223,7 +226,7 @@ def predict_paths(workdir: str, paths: list[str], *, checkpoint: str = "latest",
             continue
         row["face_box"] = box
         if scorer is None:
-            scorer = _Scorer(config, workdir, checkpoint, use_ema, batch_size, devices)
+            scorer = Scorer(config, workdir, checkpoint, use_ema, batch_size, devices)
         pending.append((row, view))
         if len(pending) == scorer.batch_size:
             flush()

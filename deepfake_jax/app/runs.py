@@ -1,7 +1,7 @@
 """The app's model side: runs restored once at start-up, then scored per upload.
 
 A `LoadedRun` is one training workdir: its config, the checkpoint restored onto the local devices
-and the trainer's jitted eval step compiled (both by `predict._Scorer`, so the app scores a file
+and the trainer's jitted eval step compiled (both by `predict.Scorer`, so the app scores a file
 exactly as `python -m deepfake_jax.predict` does), the threshold its evaluation recorded, and the
 evaluation reports on disk. Nothing here knows about HTTP.
 """
@@ -119,7 +119,7 @@ class LoadedRun:
         self.resize_to = self.config.input.get("resize_to") or None
         self.threshold, self.threshold_source = predict.find_threshold(self.workdir)
         self.checkpoint = checkpoint
-        self._scorer = predict._Scorer(self.config, self.workdir, checkpoint, self.use_ema,
+        self._scorer = predict.Scorer(self.config, self.workdir, checkpoint, self.use_ema,
                                        batch_size, devices)
         self.step = self._scorer.step
         # Compile now, so the first upload is as fast as the others.
