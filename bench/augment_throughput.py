@@ -7,6 +7,9 @@ Rates are images per CPU-second of this process (`time.process_time`), i.e. per 
 is pinned to one thread, and CPU time, unlike wall time, does not count the time other
 processes on a shared machine take from us. Medians over `--repeats` passes.
 
+Row (a0): `cv2.imdecode` with glibc's default malloc settings, timed first; then the process
+switches to the input pipeline's (`pipeline_speed.keep_freed_memory`, which saves each decode
+page-faulting a fresh output buffer), which every later row, (a) included, runs under.
 Rows: (a) `cv2.imdecode` alone (the floor every pipeline pays); (b) the project's checked RGB
 decode; decode + random crop + flip + preset none / light / strong; each op alone on 224-px
 crops (prob 1, default ranges) and decode + crop + that op; last, the grain training
@@ -50,6 +53,11 @@ def _paired(fn, count: int, decode, decode_count: int, repeats: int) -> tuple[fl
         rates.append(rate)
         ratios.append(rate / decode_rate)
     return statistics.median(rates), statistics.median(ratios)
+
+
+def _drain(iterator, count: int) -> None:
+    for _ in range(count):
+        next(iterator)
 
 
 def _load_blobs(args, tmp: str) -> tuple[list[bytes], list[int], str]:
@@ -97,7 +105,7 @@ def main() -> None:
 
     import cv2
 
-    from deepfake_jax import augment, input_pipeline
+    from deepfake_jax import augment, input_pipeline, pipeline_speed
     from deepfake_jax.image_io import decode_image_rgb
 
     cv2.setNumThreads(1)
@@ -112,7 +120,10 @@ def main() -> None:
 
         decode = lambda: [cv2.imdecode(a, cv2.IMREAD_COLOR) for a in arrays]  # noqa: E731
         measure = lambda fn, count=n: _paired(fn, count, decode, n, args.repeats)  # noqa: E731
-        rows.append(("(a) cv2.imdecode only", *measure(decode)))
+        rows.append(("(a0) cv2.imdecode only, default glibc malloc", *measure(decode)))
+        tuned = pipeline_speed.keep_freed_memory()
+        rows.append((f"(a) cv2.imdecode only{'' if tuned else ' (malloc not tuned)'}",
+                     *measure(decode)))
         rows.append(("(b) decode_image_rgb (RGB, checks)",
                      *measure(lambda: [decode_image_rgb(b) for b in blobs])))
 
@@ -152,8 +163,10 @@ def main() -> None:
             pre = input_pipeline.Preprocess(
                 crop, augment=augment.AugmentSchedule(policies[name]))
             it = input_pipeline.train_iterator(files, pre, batch, seed=0, read_threads=0)
+            # Each batch dropped before the next, as a training loop does: holding them all
+            # (a list) makes every batch fresh memory to page in, ~10x the cost of the copy.
             rows.append((f"grain train pipeline, preset {name}, no threads", *measure(
-                lambda it=it: [next(it) for _ in range(num_batches)], num_batches * batch)))
+                lambda it=it: _drain(it, num_batches), num_batches * batch)))
             it.close()
 
     print(f"\n{'what':58s} {'images/s/core':>14s} {'vs (a)':>8s}")
