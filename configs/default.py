@@ -20,6 +20,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # A folder written by `python -m data_prep.convert`; unset -> the synthetic data below,
     # generated into <workdir>/data on the first run.
     config.data.dir = config_dict.placeholder(str)
+    # Domain-balanced training over several converted datasets (instead of data.dir):
+    # ((name, converted_dir, weight), ...), e.g. (("140k", "/data/140k_ar", 0.7),
+    # ("ciplab", "/data/ciplab_ar", 0.3)); train splits drawn with those weights, valid/test
+    # = the union of every domain's, with per-domain rows in the reports. Unset = off.
+    config.data.mix = config_dict.placeholder(tuple)
     config.data.train_split = "train"
     config.data.val_split = "valid"
     config.data.test_split = "test"
@@ -53,14 +58,29 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         variant="18", width=16, stem="small", input_transform="npr",
         dtype="float32"))  # "bfloat16": bf16 compute, float32 weights (GPU/TPU, AVX512-BF16)
     config.num_classes = 1  # one logit: p_fake = sigmoid(logit)
-    # pretrained weights for a new run (README "Models"): path, format, strict; "" = none
-    config.init_from = ml_collections.ConfigDict(dict(path="", format="", strict=True))
+    # pretrained weights for a new run (README "Models"): path, format, strict; "" = none.
+    # format "deepfake_jax": path = another run's workdir (its best checkpoint, else latest) or
+    # <workdir>/checkpoints/<step>; use_ema: take that run's EMA weights (what it evaluated).
+    config.init_from = ml_collections.ConfigDict(dict(path="", format="", strict=True,
+                                                      use_ema=True))
 
     config.optimizer = ml_collections.ConfigDict(dict(
         name="adamw", learning_rate=3e-3, weight_decay=0.05, b1=0.9, b2=0.999,
         warmup_steps=50, schedule="cosine", end_lr_factor=0.01, grad_clip_norm=1.0,
         freeze=config_dict.placeholder(str),  # "backbone" | "head": zero updates for that group
     ))
+    # Keras-style fine-tuning in one run: phase 1 (phase1_steps, else phase1_epochs; 0 = off)
+    # trains the head alone at phase1_learning_rate; then everything at the schedule above.
+    config.optimizer.two_phase = ml_collections.ConfigDict(dict(
+        phase1_epochs=0, phase1_steps=config_dict.placeholder(int), phase1_learning_rate=1e-3,
+        phase1_warmup_steps=0))
+    # Learning-rate scale x factor after `patience` validations without improvement (0 = off).
+    config.optimizer.reduce_on_plateau = ml_collections.ConfigDict(dict(
+        metric="val_log_loss", patience=0, factor=0.5, min_scale=1e-3, cooldown=0, min_delta=0.0))
+    # Stop after `patience` validations without improvement (0 = off); the final evaluation
+    # then uses the best validated checkpoint. "min" for metrics named *loss*, else "max".
+    config.early_stopping = ml_collections.ConfigDict(dict(
+        metric="val_roc_auc", patience=0, min_delta=0.0))
     config.num_epochs = 20
     config.num_train_steps = config_dict.placeholder(int)  # overrides num_epochs when set
     config.ema_decay = 0.99

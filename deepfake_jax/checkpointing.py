@@ -2,7 +2,7 @@
 
 Saving the iterator next to the weights means a resumed run sees exactly the batches an
 uninterrupted run would have seen. Retention: the latest checkpoint plus the best `keep_best`
-by a validation metric (higher is better).
+by a validation metric (higher is better), and the step `keep_step` names (early stopping's best).
 """
 
 from __future__ import annotations
@@ -20,12 +20,24 @@ class CheckpointError(RuntimeError):
     pass
 
 
+class _KeepSteps:
+    """Preservation policy: the steps in a set that can change between saves."""
+
+    def __init__(self):
+        self.steps: set[int] = set()
+
+    def should_preserve(self, checkpoints, *, context) -> list[bool]:
+        del context
+        return [info.step in self.steps for info in checkpoints]
+
+
 class Checkpointer:
     def __init__(self, directory: str, *, keep_best: int = 2, best_metric: str = "val_roc_auc",
                  async_save: bool = True):
         self.directory = os.path.abspath(directory)
         self.best_metric = best_metric
         metric_fn = lambda m: m[best_metric]
+        self._keep = _KeepSteps()
         self.manager = ocp.CheckpointManager(
             self.directory,
             item_names=("state", "data"),
@@ -36,6 +48,7 @@ class Checkpointer:
                     policies.LatestN(n=1),
                     policies.BestN(get_metric_fn=metric_fn, n=keep_best,
                                    keep_checkpoints_without_metrics=False),
+                    self._keep,
                 ]),
                 enable_async_checkpointing=async_save,
                 create=True,
@@ -47,6 +60,11 @@ class Checkpointer:
 
     def best_step(self) -> int | None:
         return self.manager.best_step()
+
+    def keep_step(self, step: int | None) -> None:
+        """Also keep checkpoint `step` from now on, whatever its rank (the early-stopping best,
+        which may be ranked by another metric); replaces the previous such step; None: none."""
+        self._keep.steps = set() if step is None else {int(step)}
 
     def all_steps(self) -> list[int]:
         return list(self.manager.all_steps())

@@ -1,6 +1,7 @@
 """Resolves `config.data` to a converted dataset folder, generating the built-in one if asked.
 
 `config.data.dir` set: that converted dataset is used as it is.
+`config.data.mix` set: several converted datasets, one per domain (`domain_mix.py`).
 `config.data.dir` unset: the built-in synthetic faces (`config.data.synthetic`) are generated
 into `<workdir>/data/images` and converted to `<workdir>/data/arrayrecord`, once; later runs
 and resumed runs reuse them.
@@ -14,11 +15,18 @@ import jax
 from absl import logging
 from jax.experimental import multihost_utils
 
-from deepfake_jax import records
+from deepfake_jax import domain_mix, records
 
 
 def prepare(config, workdir: str) -> str:
     data = config.data
+    domains = domain_mix.domains_of(config)
+    if domains:  # several converted datasets (domain_mix.py); checked now, read per split
+        if data.get("dir"):
+            raise ValueError("set config.data.mix or config.data.dir, not both")
+        domain_mix.check(domains, [s for s in (data.train_split, data.val_split,
+                                               data.get("test_split")) if s])
+        return domain_mix.describe(domains)
     if data.get("dir"):
         records.read_manifest(data.dir)  # fails early, with the fix, if it is not converted
         return data.dir
@@ -32,6 +40,17 @@ def prepare(config, workdir: str) -> str:
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("synthetic data ready")
     return out_dir
+
+
+def split_files(config, dataset_dir: str, split: str) -> list[str]:
+    """The shards of `split`: of `dataset_dir` (from `prepare`), or with `config.data.mix`
+    every domain's, concatenated in mix order."""
+    domains = domain_mix.domains_of(config)
+    if domains:
+        if config.get("task", "classification") != "classification":
+            raise ValueError(f"config.data.mix is for classification runs, not {config.task!r}")
+        return domain_mix.union_files(domains, split)
+    return records.split_files(dataset_dir, split)
 
 
 def _generate_and_convert(synth, images_dir: str, out_dir: str) -> None:

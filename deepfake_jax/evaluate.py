@@ -23,7 +23,16 @@ import jax
 import ml_collections
 from absl import app, flags, logging
 
-from deepfake_jax import checkpointing, evaluators, input_pipeline, records, sharding, train
+from deepfake_jax import (
+    checkpointing,
+    datasets,
+    domain_mix,
+    evaluators,
+    input_pipeline,
+    records,
+    sharding,
+    train,
+)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "A training workdir (config.json + checkpoints/).")
@@ -48,14 +57,19 @@ def load_run_config(workdir: str) -> ml_collections.ConfigDict:
 
 
 def run_dataset_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
+    """The run's converted dataset; with `config.data.mix`, a label for the domains (the files
+    come from `datasets.split_files`)."""
+    if config.data.get("mix"):
+        return domain_mix.describe(domain_mix.parse_mix(config.data.mix))
     return config.data.get("dir") or os.path.join(workdir, "data", "arrayrecord")
 
 
 def restore_state(config, workdir: str, checkpoint: str, mesh):
     """(graphdef, state, step) restored onto `mesh`, whatever device count wrote it."""
+    # Only the optimizer state's structure matters here (the restore target), not the lengths.
     tx, _ = train.build_optimizer(config.optimizer, max(int(config.get("num_train_steps")
                                                             or 1), 1),
-                                  model=train.abstract_model(config))
+                                  model=train.abstract_model(config), steps_per_epoch=1)
     graphdef, abstract, _ = train.create_train_state(config, mesh, tx, abstract_only=True)
     ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
                                       keep_best=config.checkpoint.keep_best)
@@ -83,6 +97,10 @@ def evaluate_checkpoint(workdir: str, *, checkpoint: str = "latest", use_ema: bo
     """Returns {dataset name: metrics of `split`}; writes the reports under workdir/eval/."""
     workdir = os.path.abspath(workdir)
     config = load_run_config(workdir)
+    if config.get("task", "classification") != "classification":
+        raise ValueError(f"{workdir} is a {config.task} run (config.task = {config.task!r}), not "
+                         "a real/fake classifier: evaluate it with python -m "
+                         f"deepfake_jax.seg_train --workdir {workdir}")
     use_ema = bool(config.eval.use_ema) if use_ema is None else use_ema
     threshold_method = threshold_method or config.eval.threshold_method
     mesh = sharding.make_mesh(None, devices=devices)
@@ -93,16 +111,23 @@ def evaluate_checkpoint(workdir: str, *, checkpoint: str = "latest", use_ema: bo
                                                                         state))
     preprocess = input_pipeline.Preprocess.from_config(config.input)
     own = run_dataset_dir(config, workdir)
-    val_files = records.split_files(own, config.data.val_split)
+    val_files = datasets.split_files(config, own, config.data.val_split)  # pooled with mix
+    mixed = domain_mix.domains_of(config)
     results = {}
     for data_dir in data or [own]:
         name = "synthetic" if data_dir == own and not config.data.get("dir") else (
             os.path.basename(os.path.normpath(data_dir)))
+        name = "mix" if mixed and data_dir == own else name
+        files = (datasets.split_files(config, own, split) if data_dir == own
+                 else records.split_files(data_dir, split))
+        file_domains = ({**domain_mix.file_domains(mixed, config.data.val_split),
+                         **domain_mix.file_domains(mixed, split)}
+                        if mixed and data_dir == own else None)
         logging.info("Evaluating step %d (%s weights) on %s/%s", step,
                      "EMA" if use_ema else "raw", name, split)
         out = evaluators.evaluate_splits(
             evals[use_ema], state, mesh, preprocess, batch_size,
-            threshold_split=val_files, splits={split: records.split_files(data_dir, split)},
+            threshold_split=val_files, splits={split: files}, file_domains=file_domains,
             out_dir=os.path.join(workdir, "eval", name), threshold_method=threshold_method,
             extra={"use_ema": use_ema, "checkpoint_step": step, "dataset": data_dir,
                    "threshold_from": f"{own}:{config.data.val_split}"},
@@ -112,7 +137,7 @@ def evaluate_checkpoint(workdir: str, *, checkpoint: str = "latest", use_ema: bo
         if robustness:
             rows = evaluators.robustness_sweep(
                 evals[use_ema], state, mesh, preprocess, batch_size,
-                records.split_files(data_dir, split), out[split]["threshold"],
+                files, out[split]["threshold"],
                 os.path.join(workdir, "eval", name, split), show_progress=show_progress,
                 clean=out[split])
             results[name]["robustness"] = rows
@@ -137,6 +162,21 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not FLAGS.workdir:
         sys.exit("--workdir is required")
+    if load_run_config(FLAGS.workdir).get("task") == "segmentation":
+        # A face-parsing run: its metrics are mIoU/F1, not thresholds, so hand over to its own
+        # evaluator; the classifier-only flags have no meaning there.
+        # Run as `python -m`, this module is __main__: register it under its package name so
+        # that seg_train's `from deepfake_jax import evaluate` does not define the flags twice.
+        sys.modules.setdefault("deepfake_jax.evaluate", sys.modules[__name__])
+        from deepfake_jax import seg_train
+
+        unusable = [f"--{name}" for name in ("data", "threshold_method", "robustness")
+                    if FLAGS[name].present]
+        if unusable:
+            sys.exit(f"{' '.join(unusable)}: classifier-only; {FLAGS.workdir} is a face-parsing "
+                     f"run, see python -m deepfake_jax.seg_train --help")
+        return seg_train.report(FLAGS.workdir, checkpoint=FLAGS.checkpoint, split=FLAGS.split,
+                                use_ema=FLAGS.use_ema)
     results = evaluate_checkpoint(
         FLAGS.workdir, checkpoint=FLAGS.checkpoint, use_ema=FLAGS.use_ema, split=FLAGS.split,
         data=FLAGS.data, threshold_method=FLAGS.threshold_method, bootstrap=FLAGS.bootstrap,

@@ -65,9 +65,13 @@ def write_predictions_csv(path: str, preds: dict[str, np.ndarray], meta: list[di
 def evaluate_splits(eval_fn, state, mesh, preprocess, batch_size: int, *,
                     threshold_split: list[str], splits: dict[str, list[str]], out_dir: str,
                     threshold_method: str = "eer", extra: dict[str, Any] | None = None,
-                    bootstrap: int = 0, show_progress: bool = False
+                    bootstrap: int = 0, show_progress: bool = False,
+                    file_domains: dict[str, str] | None = None
                     ) -> dict[str, dict[str, Any]]:
     """Threshold from `threshold_split` (validation files), applied unchanged to every split.
+
+    `file_domains` ({shard path: domain name}, `config.data.mix`): records get that domain in
+    their metadata, so the metrics have per-domain rows.
 
     Writes `<out_dir>/<name>/{metrics.json, predictions.csv, *.png}` and returns the metrics.
     The threshold split is scored separately even if it is also listed in `splits`, so a test
@@ -86,6 +90,10 @@ def evaluate_splits(eval_fn, state, mesh, preprocess, batch_size: int, *,
         m = metrics.binary_metrics(preds["label"], preds["p_fake"], threshold)
         m.update(metrics.calibration(preds["label"], preds["p_fake"]))
         listing = input_pipeline.read_metadata(files)  # path, label, meta per record index
+        if file_domains:
+            from deepfake_jax import domain_mix
+
+            domain_mix.tag_listing(listing, files, file_domains)
         record_meta = [listing[int(i)].get("meta", {}) for i in preds["index"]]
         subsets = metrics.subset_metrics(preds["label"], preds["p_fake"], threshold, record_meta)
         if subsets:

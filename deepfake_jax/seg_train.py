@@ -33,7 +33,8 @@ from deepfake_jax import records, seg_pipeline, segmentation, sharding, train
 # ----------------------------------------------------------------------------- steps
 
 
-def train_step(state: train.TrainState, batch: dict[str, jax.Array], *, graphdef, tx, schedule,
+def train_step(state: train.TrainState, batch: dict[str, jax.Array],
+               lr_scale: jax.Array | None = None, *, graphdef, tx, schedule,
                ema_decay: float, mean, std, seed: int, aux_weight: float, ohem_thresh: float,
                ohem_min_kept: float) -> tuple[train.TrainState, dict[str, jax.Array]]:
     images = train.normalize(batch["image"], mean, std)
@@ -52,14 +53,15 @@ def train_step(state: train.TrainState, batch: dict[str, jax.Array], *, graphdef
 
     (loss, (main, pred, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params)
-    new_state = train.apply_gradients(state, grads, batch_stats, tx=tx, ema_decay=ema_decay)
+    new_state = train.apply_gradients(state, grads, batch_stats, tx=tx, ema_decay=ema_decay,
+                                      lr_scale=lr_scale)
     valid = labels != segmentation.IGNORE_LABEL
     step_metrics = {
         "loss": loss,
         "main_loss": main,
         "pixel_accuracy": jnp.sum((pred == labels) & valid) / jnp.maximum(jnp.sum(valid), 1),
         "grad_norm": optax.tree.norm(grads),
-        "learning_rate": schedule(state.step),
+        **train.lr_metrics(schedule, state.step, lr_scale),
     }
     return new_state, step_metrics
 
@@ -205,18 +207,14 @@ class SegmentationTask:
         config = self.config
         mean, std = _mean_std(config)
         loss = config.get("loss", ml_collections.ConfigDict())
-        batch_sh = sharding.batch_sharding(mesh)
-        step = jax.jit(
+        step = train.TrainStep(
             functools.partial(
                 train_step, graphdef=graphdef, tx=tx, schedule=schedule,
                 ema_decay=float(config.ema_decay), mean=mean, std=std, seed=int(config.seed),
                 aux_weight=float(loss.get("aux_weight", 1.0)),
                 ohem_thresh=float(loss.get("ohem_thresh", 0.7)),
                 ohem_min_kept=float(loss.get("ohem_min_kept", 1 / 16))),
-            in_shardings=(state_shardings, batch_sh),
-            out_shardings=(state_shardings, sharding.replicated(mesh)),
-            donate_argnums=(0,),
-        )
+            mesh, state_shardings)
         return step, make_eval_steps(config, mesh, graphdef, state_shardings)
 
     def train_iterator(self, train_files: list[str]):
@@ -293,9 +291,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", default="latest", help="latest, best or a step number")
     p.add_argument("--split", default="test")
     args = p.parse_args(argv)
-    m = evaluate_checkpoint(args.workdir, checkpoint=args.checkpoint, split=args.split,
+    return report(args.workdir, checkpoint=args.checkpoint, split=args.split)
+
+
+def report(workdir: str, *, checkpoint: str = "latest", split: str = "test",
+           use_ema: bool | None = None) -> int:
+    """Evaluates and prints the summary and per-class IoU/F1 (this CLI and
+    `python -m deepfake_jax.evaluate` on a face-parsing workdir)."""
+    m = evaluate_checkpoint(workdir, checkpoint=checkpoint, split=split, use_ema=use_ema,
                             show_progress=True)
-    print(f"step {m['checkpoint_step']} {args.split}: {summary_line(m)}")
+    print(f"step {m['checkpoint_step']} {split}: {summary_line(m)}")
     for name, c in m["per_class"].items():
         if c["iou"] is not None:
             print(f"  {name:10s} IoU {c['iou']:.4f}  F1 {c['f1']:.4f}")

@@ -17,7 +17,7 @@ import functools
 import math
 import os
 import signal
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax
 import jax
@@ -31,6 +31,7 @@ from flax import nnx
 from deepfake_jax import (
     checkpointing,
     datasets,
+    domain_mix,
     evaluators,
     input_pipeline,
     logging_utils,
@@ -38,6 +39,7 @@ from deepfake_jax import (
     models,
     records,
     sharding,
+    training_control,
 )
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -124,8 +126,126 @@ def param_group_mask(graphdef_or_model: Any, params: Any, group: str) -> Any:
         lambda path, x: bool(keep(tuple(getattr(k, "key", k) for k in path), x)), params)
 
 
+def _base_optimizer(opt_config: ml_collections.ConfigDict, schedule
+                    ) -> optax.GradientTransformation:
+    name = opt_config.get("name", "adamw")
+    if name == "adamw":
+        return optax.adamw(schedule, b1=opt_config.b1, b2=opt_config.b2,
+                           weight_decay=opt_config.weight_decay, mask=weight_decay_mask)
+    if name == "sgd":
+        return optax.chain(
+            optax.add_decayed_weights(opt_config.weight_decay, mask=weight_decay_mask),
+            optax.sgd(schedule, momentum=opt_config.get("momentum", 0.9), nesterov=True),
+        )
+    raise ValueError(f"config.optimizer.name={name!r}; choose adamw or sgd")
+
+
+def phase1_steps(opt_config: ml_collections.ConfigDict, steps_per_epoch: int | None = None
+                 ) -> int:
+    """Length of phase 1 of `config.optimizer.two_phase` (0 = off): `phase1_steps` if set,
+    else `phase1_epochs` x `steps_per_epoch`."""
+    two_phase = opt_config.get("two_phase")
+    if not two_phase:
+        return 0
+    if two_phase.get("phase1_steps") is not None:
+        steps = int(two_phase.phase1_steps)
+    else:
+        epochs = float(two_phase.get("phase1_epochs") or 0)
+        if epochs and not steps_per_epoch:
+            raise ValueError("config.optimizer.two_phase.phase1_epochs needs the number of steps "
+                             f"per epoch (got {steps_per_epoch!r}): build_optimizer(..., "
+                             "steps_per_epoch=...), or set phase1_steps")
+        steps = int(math.ceil(epochs * steps_per_epoch)) if epochs else 0
+    if steps < 0:
+        raise ValueError(f"config.optimizer.two_phase: phase 1 of {steps} steps; must be >= 0")
+    return steps
+
+
+class _StartAfterState(NamedTuple):
+    count: jax.Array
+    inner: Any
+
+
+def start_after(inner: optax.GradientTransformation, steps: int
+                ) -> optax.GradientTransformation:
+    """`inner` from the `steps`-th update on. Before: zero updates and `inner`'s state left
+    untouched (no moments, no weight decay, its schedule's count stays 0), so `inner` starts
+    fresh, warm-up included, at the boundary."""
+
+    def init(params):
+        return _StartAfterState(jnp.zeros([], jnp.int32), inner.init(params))
+
+    def update(updates, state, params=None):
+        def run(_):
+            return inner.update(updates, state.inner, params)
+
+        def wait(_):
+            return jax.tree.map(jnp.zeros_like, updates), state.inner
+
+        new_updates, inner_state = jax.lax.cond(state.count >= steps, run, wait, None)
+        return new_updates, _StartAfterState(optax.safe_increment(state.count), inner_state)
+
+    return optax.GradientTransformation(init, update)
+
+
+def _zero_before(mask_fn, steps: int) -> optax.GradientTransformation:
+    """Zeroes the gradients where `mask_fn(grads)` is True for the first `steps` updates (so a
+    following global-norm clip measures the trained parameters only)."""
+
+    def update(updates, count, params=None):
+        del params
+        live = count >= steps
+        out = jax.tree.map(lambda g, m: jnp.where(live, g, jnp.zeros_like(g)) if m else g,
+                           updates, mask_fn(updates))
+        return out, optax.safe_increment(count)
+
+    return optax.GradientTransformation(lambda params: jnp.zeros([], jnp.int32), update)
+
+
+def _two_phase_optimizer(opt_config, total_steps: int, model: Any, phase1: int):
+    """Phase 1 (`phase1` steps): the head alone at `two_phase.phase1_learning_rate` (linear
+    warm-up over `phase1_warmup_steps`, then constant); the backbone gets nothing (see
+    `start_after`). Phase 2 (the rest): every parameter with the run's schedule over the
+    remaining steps; the head keeps its moments, the backbone starts fresh ones."""
+    two_phase = opt_config.two_phase
+    if opt_config.get("freeze"):
+        raise ValueError("config.optimizer.freeze and config.optimizer.two_phase are exclusive: "
+                         "two_phase already freezes the backbone during phase 1")
+    if model is None:
+        raise ValueError("config.optimizer.two_phase needs the model: build_optimizer(..., "
+                         "model=graphdef_or_abstract_model)")
+    param_group_mask(model, {}, "head")  # fails early on a model without groups
+    lr1 = float(two_phase.get("phase1_learning_rate", 1e-3))
+    warmup1 = min(int(two_phase.get("phase1_warmup_steps", 0)), max(phase1 - 1, 0))
+    phase1_schedule = optax.join_schedules(
+        [optax.linear_schedule(0.0, lr1, warmup1), optax.constant_schedule(lr1)], [warmup1])
+    phase2_schedule = learning_rate_schedule(opt_config, max(total_steps - phase1, 1))
+    head_schedule = optax.join_schedules([phase1_schedule, phase2_schedule], [phase1])
+
+    def backbone_schedule(step):
+        return jnp.where(step < phase1, 0.0, phase2_schedule(jnp.maximum(step - phase1, 0)))
+
+    # Logged as learning_rate (the head's) and learning_rate_backbone (see lr_metrics).
+    head_schedule.group_schedules = {"backbone": backbone_schedule}
+
+    def labels(params):
+        head = param_group_mask(model, params, "head")
+        return jax.tree.map(lambda h: "head" if h else "backbone", head)
+
+    tx = optax.multi_transform({
+        "head": _base_optimizer(opt_config, head_schedule),
+        "backbone": start_after(_base_optimizer(opt_config, phase2_schedule), phase1),
+    }, labels)
+    if opt_config.get("grad_clip_norm"):
+        # Phase 1 clips by the head's gradient norm only; phase 2 by everyone's, as a plain run.
+        tx = optax.chain(
+            _zero_before(lambda g: param_group_mask(model, g, "backbone"), phase1),
+            optax.clip_by_global_norm(opt_config.grad_clip_norm), tx)
+    return tx, head_schedule
+
+
 def build_optimizer(opt_config: ml_collections.ConfigDict, total_steps: int, *,
-                    model: Any = None):
+                    model: Any = None, steps_per_epoch: int | None = None):
     """(optax transform, learning-rate schedule) from `config.optimizer`.
 
     `opt_config.freeze` ("backbone" | "head" | None) freezes that parameter group: its
@@ -133,19 +253,17 @@ def build_optimizer(opt_config: ml_collections.ConfigDict, total_steps: int, *,
     gradient-clipping norm (`optax.multi_transform`). Needs `model` (its GraphDef or an
     abstract model) to tell the groups apart. BatchNorm statistics of a frozen group still
     update in training (the step runs the model in train mode).
+
+    `opt_config.two_phase` (phase 1 > 0 steps, see `phase1_steps`; needs `model`, and
+    `steps_per_epoch` when given in epochs): Keras-style fine-tuning in one run, see
+    `_two_phase_optimizer`. Phase 1 is part of `total_steps`. The returned schedule is the
+    head's and has `group_schedules={"backbone": ...}`.
     """
+    phase1 = phase1_steps(opt_config, steps_per_epoch)
+    if phase1:
+        return _two_phase_optimizer(opt_config, total_steps, model, phase1)
     schedule = learning_rate_schedule(opt_config, total_steps)
-    name = opt_config.get("name", "adamw")
-    if name == "adamw":
-        tx = optax.adamw(schedule, b1=opt_config.b1, b2=opt_config.b2,
-                         weight_decay=opt_config.weight_decay, mask=weight_decay_mask)
-    elif name == "sgd":
-        tx = optax.chain(
-            optax.add_decayed_weights(opt_config.weight_decay, mask=weight_decay_mask),
-            optax.sgd(schedule, momentum=opt_config.get("momentum", 0.9), nesterov=True),
-        )
-    else:
-        raise ValueError(f"config.optimizer.name={name!r}; choose adamw or sgd")
+    tx = _base_optimizer(opt_config, schedule)
     if opt_config.get("grad_clip_norm"):
         tx = optax.chain(optax.clip_by_global_norm(opt_config.grad_clip_norm), tx)
     freeze = opt_config.get("freeze")
@@ -190,6 +308,10 @@ def create_train_state(config, mesh, tx, *, abstract_only: bool = False,
     if abstract_only:
         return graphdef, abstract_state_like(abstract, shardings), shardings
     init_from = config.get("init_from") if use_init_from else None
+    if init_from and init_from.get("format") and not init_from.get("path"):
+        # recipes name the format and leave the path to the user (configs/vit_*.py)
+        logging.warning("config.init_from.format=%r but no config.init_from.path: training "
+                        "starts from a RANDOM initialisation", init_from.get("format"))
     if not (init_from and init_from.get("path")):
         state = jax.jit(init, out_shardings=shardings)()
         return graphdef, state, shardings
@@ -226,7 +348,10 @@ def load_init_from(init_from: Any, graphdef, params: Any, batch_stats: Any) -> t
     _check_init_from(init_from)
     path, fmt = init_from.get("path"), init_from.get("format")
     model = nnx.merge(graphdef, params, batch_stats)
-    loaded = weights.load_pretrained(model, path, fmt, strict=bool(init_from.get("strict", True)))
+    # format "deepfake_jax" (another run of ours) takes its EMA or raw weights
+    extra = {"use_ema": bool(init_from.get("use_ema", True))} if fmt == "deepfake_jax" else {}
+    loaded = weights.load_pretrained(model, path, fmt, strict=bool(init_from.get("strict", True)),
+                                     **extra)
     nnx.update(model, loaded)
     _, new_params, new_stats = _split(model)
     kept = []
@@ -235,6 +360,9 @@ def load_init_from(init_from: Any, graphdef, params: Any, batch_stats: Any) -> t
         if new is old:
             kept.append(jax.tree_util.keystr(path, simple=True, separator="."))
             return old
+        if (isinstance(new, jax.Array) and new.sharding == old.sharding
+                and new.shape == old.shape and new.dtype == old.dtype):
+            return new  # restored straight onto this mesh (format deepfake_jax): no host copy
         value = np.asarray(new, dtype=old.dtype)
         if value.shape != old.shape:
             raise ValueError(f"init_from: {fmt} importer returned {value.shape} for "
@@ -314,9 +442,14 @@ def ema_decay_at(step: jax.Array, decay: float) -> jax.Array:
 
 
 def apply_gradients(state: TrainState, grads: Any, batch_stats: Any, *, tx,
-                    ema_decay: float) -> TrainState:
-    """The optimizer update, then the EMA of weights and BatchNorm statistics (every task)."""
+                    ema_decay: float, lr_scale: jax.Array | None = None) -> TrainState:
+    """The optimizer update, then the EMA of weights and BatchNorm statistics (every task).
+
+    `lr_scale` (reduce-on-plateau) multiplies the updates: the learning rate times a factor.
+    """
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    if lr_scale is not None:
+        updates = jax.tree.map(lambda u: u * jnp.asarray(lr_scale, u.dtype), updates)
     params = optax.apply_updates(state.params, updates)
     d = ema_decay_at(state.step, ema_decay)
     ema = lambda avg, new: avg * d + new.astype(avg.dtype) * (1.0 - d)
@@ -327,9 +460,21 @@ def apply_gradients(state: TrainState, grads: Any, batch_stats: Any, *, tx,
     )
 
 
-def train_step(state: TrainState, batch: dict[str, jax.Array], *, graphdef, tx, schedule,
-               ema_decay: float, mean, std, seed: int = 0, mixup_alpha: float = 0.0,
-               label_smoothing: float = 0.0) -> tuple[TrainState, dict[str, jax.Array]]:
+def lr_metrics(schedule, step: jax.Array, lr_scale: jax.Array | None = None
+               ) -> dict[str, jax.Array]:
+    """The learning rate this step used (times `lr_scale`): "learning_rate", and
+    "learning_rate_<group>" for each of the schedule's `group_schedules` (two-phase)."""
+    scale = (lambda lr: lr) if lr_scale is None else (lambda lr: lr * lr_scale)
+    out = {"learning_rate": scale(schedule(step))}
+    for group, group_schedule in getattr(schedule, "group_schedules", {}).items():
+        out[f"learning_rate_{group}"] = scale(group_schedule(step))
+    return out
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], lr_scale: jax.Array | None = None,
+               *, graphdef, tx, schedule, ema_decay: float, mean, std, seed: int = 0,
+               mixup_alpha: float = 0.0, label_smoothing: float = 0.0
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
     images = normalize(batch["image"], mean, std)
     labels = batch["label"]
     # Dropout / stochastic depth keys: a function of (seed, step) only, so a resumed run and
@@ -355,12 +500,13 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, graphdef, tx, 
         return loss.mean(), (scores, new_batch_stats)
 
     (loss, (scores, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    new_state = apply_gradients(state, grads, batch_stats, tx=tx, ema_decay=ema_decay)
+    new_state = apply_gradients(state, grads, batch_stats, tx=tx, ema_decay=ema_decay,
+                                lr_scale=lr_scale)
     step_metrics = {
         "loss": loss,
         "accuracy": jnp.mean((scores >= 0.5) == (labels == records.LABEL_FAKE)),
         "grad_norm": optax.tree.norm(grads),
-        "learning_rate": schedule(state.step),
+        **lr_metrics(schedule, state.step, lr_scale),
     }
     return new_state, step_metrics
 
@@ -389,21 +535,41 @@ def make_eval_steps(config, mesh, graphdef, state_shardings) -> dict[bool, Any]:
     }
 
 
+class TrainStep:
+    """A jitted train step `step_fn(state, batch, lr_scale)` called as
+    `fn(state, batch, lr_scale=None)`. A scale (reduce-on-plateau) goes in as a float32 scalar
+    array, so a new value does not recompile; None (the default, and what the trainer passes
+    when reduce-on-plateau is off) compiles the step without it: bit-identical to a step that
+    has no scale at all (a multiply by 1.0 still changes XLA's fusions). The state is donated."""
+
+    def __init__(self, step_fn, mesh, state_shardings):
+        self.jitted = jax.jit(
+            step_fn,
+            in_shardings=(state_shardings, sharding.batch_sharding(mesh),
+                          sharding.replicated(mesh)),
+            out_shardings=(state_shardings, sharding.replicated(mesh)),
+            donate_argnums=(0,),
+        )
+
+    def __call__(self, state, batch, lr_scale: float | None = None):
+        return self.jitted(state, batch, None if lr_scale is None else np.float32(lr_scale))
+
+    def lower(self, state, batch, lr_scale: float | None = None):
+        return self.jitted.lower(state, batch,
+                                 None if lr_scale is None else np.float32(lr_scale))
+
+
 def make_steps(config, mesh, graphdef, tx, schedule, state_shardings):
-    """Jitted train and eval steps with explicit shardings; the train step donates the state."""
+    """Jitted train (`TrainStep`) and eval steps with explicit shardings."""
     mean = tuple(config.input.get("mean", IMAGENET_MEAN))
     std = tuple(config.input.get("std", IMAGENET_STD))
-    batch_sh = sharding.batch_sharding(mesh)
-    train = jax.jit(
+    train = TrainStep(
         functools.partial(train_step, graphdef=graphdef, tx=tx, schedule=schedule,
                           ema_decay=float(config.ema_decay), mean=mean, std=std,
                           seed=int(config.seed),
                           mixup_alpha=float(config.get("mixup_alpha", 0.0)),
                           label_smoothing=float(config.get("label_smoothing", 0.0))),
-        in_shardings=(state_shardings, batch_sh),
-        out_shardings=(state_shardings, sharding.replicated(mesh)),
-        donate_argnums=(0,),
-    )
+        mesh, state_shardings)
     return train, make_eval_steps(config, mesh, graphdef, state_shardings)
 
 
@@ -464,6 +630,14 @@ class ClassificationTask:
 
     def train_iterator(self, train_files: list[str]):
         config = self.config
+        domains = domain_mix.domains_of(config)
+        if domains:  # config.data.mix: each domain's train split, drawn with its weight
+            return domain_mix.train_iterator(
+                domain_mix.domain_files(domains, config.data.train_split),
+                [d.weight for d in domains], self.preprocess, config.input.batch_size,
+                seed=config.seed, process_index=jax.process_index(),
+                process_count=jax.process_count(),
+                num_workers=config.input.get("num_workers", 0))
         return input_pipeline.train_iterator(
             train_files, self.preprocess, config.input.batch_size, seed=config.seed,
             process_index=jax.process_index(), process_count=jax.process_count(),
@@ -474,18 +648,36 @@ class ClassificationTask:
         val = evaluators.predict_split(eval_fn, state, mesh, val_files, self.preprocess,
                                        self.config.input.eval_batch_size)
         val_m = metrics.binary_metrics(val["label"], val["p_fake"], 0.5)
-        return {f"val_{k}": val_m[k] for k in ("roc_auc", "accuracy", "log_loss")}
+        summary = {f"val_{k}": val_m[k] for k in ("roc_auc", "accuracy", "log_loss")}
+        domains = domain_mix.domains_of(self.config)
+        if domains:  # config.data.mix: also each domain's own AUC
+            names = domain_mix.record_domains(val_files, domain_mix.file_domains(
+                domains, self.config.data.val_split))
+            aucs = domain_mix.per_domain_auc(val["label"], val["p_fake"],
+                                             [names[i] for i in val["index"]])
+            summary.update({f"val_roc_auc_{k}": v for k, v in aucs.items() if v is not None})
+        return summary
+
+    def _file_domains(self) -> dict[str, str] | None:
+        """{shard: domain name} over the eval splits with config.data.mix, else None."""
+        domains = domain_mix.domains_of(self.config)
+        if not domains:
+            return None
+        data = self.config.data
+        return {f: name for split in (data.val_split, data.test_split) if split
+                for f, name in domain_mix.file_domains(domains, split).items()}
 
     def final_evaluation(self, eval_fn, state, mesh, dataset_dir: str, workdir: str, writer,
                          step: int) -> dict[str, Any]:
         config = self.config
         results = evaluators.evaluate_splits(
             eval_fn, state, mesh, self.preprocess, config.input.eval_batch_size,
-            threshold_split=records.split_files(dataset_dir, config.data.val_split),
-            splits={split: records.split_files(dataset_dir, split)
+            threshold_split=datasets.split_files(config, dataset_dir, config.data.val_split),
+            splits={split: datasets.split_files(config, dataset_dir, split)
                     for split in (config.data.val_split, config.data.test_split) if split},
             out_dir=os.path.join(workdir, "eval"), threshold_method=config.eval.threshold_method,
             extra={"use_ema": bool(config.eval.use_ema), "threshold_from": config.data.val_split},
+            file_domains=self._file_domains(),
         )
         for split, m in results.items():
             logging.info("final %s (threshold %.3f from %s): %s", split, m["threshold"],
@@ -524,10 +716,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     sharding.global_batch_size_ok(mesh, config.input.batch_size)
     sharding.global_batch_size_ok(mesh, config.input.eval_batch_size)
 
-    train_files = records.split_files(dataset_dir, config.data.train_split)
+    train_files = datasets.split_files(config, dataset_dir, config.data.train_split)
     num_train = input_pipeline.num_records(train_files)
     total_steps = total_train_steps(config, num_train)
-    tx, schedule = build_optimizer(config.optimizer, total_steps, model=abstract_model(config))
+    steps_per_epoch = num_train // config.input.batch_size
+    phase1 = phase1_steps(config.optimizer, steps_per_epoch)
+    if phase1 and phase1 >= total_steps:
+        raise ValueError(f"config.optimizer.two_phase: phase 1 of {phase1} steps leaves no phase 2 "
+                         f"in a run of {total_steps} steps")
+    tx, schedule = build_optimizer(config.optimizer, total_steps, model=abstract_model(config),
+                                   steps_per_epoch=steps_per_epoch)
     ckpt = checkpointing.Checkpointer(
         os.path.join(workdir, "checkpoints"), keep_best=config.checkpoint.keep_best,
         best_metric=task.best_metric, async_save=config.checkpoint.get("async_save", True))
@@ -548,24 +746,40 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         else:
             train_iter = restored_iter
     start = int(jax.device_get(state.step))
+    control = training_control.TrainingControl.from_config(config)
+    if control.enabled and start:
+        # Not in the checkpoint: rebuilt from the validations logged up to the restored step
+        # (every process reads the same workdir, so all processes agree).
+        control.replay(training_control.read_val_history(workdir, start))
+        logging.info("Rebuilt training control at step %d: lr scale %g%s", start,
+                     control.lr_scale, ", early stopping already triggered at step "
+                     f"{control.early_stopping.stopped_step}" if control.stopped else "")
+    if control.early_stopping is not None:
+        ckpt.keep_step(control.early_stopping.best_step)
+    if phase1:
+        logging.info("Two-phase: steps 0-%d train the head only (learning rate %g), steps "
+                     "%d-%d everything", phase1, config.optimizer.two_phase.phase1_learning_rate,
+                     phase1, total_steps)
 
     writer = logging_utils.MetricWriter(workdir, enabled=jax.process_index() == 0)
     progress = logging_utils.Progress(total_steps, start, config.input.batch_size)
     halt_at = (start + config.halt_after_steps) if config.get("halt_after_steps") else None
-    val_files = records.split_files(dataset_dir, config.data.val_split)
+    val_files = datasets.split_files(config, dataset_dir, config.data.val_split)
     train_metrics: dict[str, float] = {}
     step = start
     logging.info("Training %s on %s: %d examples, %d steps of %d, mesh %s", config.model_name,
                  dataset_dir, num_train, total_steps, config.input.batch_size, dict(mesh.shape))
 
     with _StopSignal() as stop:
-        while step < total_steps:
+        while step < total_steps and not control.stopped:
             batch = sharding.host_to_global(mesh, next(train_iter))
-            state, step_metrics = train_fn(state, batch)
+            state, step_metrics = train_fn(state, batch, control.step_lr_scale)
             step += 1
             is_last = step == total_steps
             if step % config.log_every_steps == 0 or is_last:
                 train_metrics = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+                if control.plateau is not None:
+                    train_metrics["lr_scale"] = control.lr_scale
                 writer.write(step, "train", train_metrics | progress.rates(step))
                 logging.info("%s", progress.line(step, train_metrics))
             if step % config.eval_every_steps == 0 or is_last:
@@ -575,6 +789,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 logging.info("step %d validation: %s", step, _fmt(summary))
                 ranked = summary if summary[task.best_metric] is not None else None
                 ckpt.save(step, state, train_iter, metrics=ranked)
+                if control.enabled:
+                    scale = control.lr_scale
+                    control.update(step, summary)
+                    if control.lr_scale != scale:
+                        logging.info("Reduce-on-plateau at step %d: learning-rate scale %g -> %g",
+                                     step, scale, control.lr_scale)
+                    if control.early_stopping is not None:
+                        ckpt.keep_step(control.early_stopping.best_step)
+                    if control.stopped:
+                        break
             elif step % config.checkpoint.every_steps == 0:
                 ckpt.save(step, state, train_iter)
             if stop.received or (halt_at is not None and step >= halt_at and not is_last):
@@ -588,12 +812,37 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 return {"step": step, "train": train_metrics, "halted": reason}
 
     best_step = ckpt.best_step()
+    stopped = {}
+    if control.stopped:
+        state, stopped = _restore_early_stopping_best(control.early_stopping, ckpt, state,
+                                                      state_shardings, step)
+        writer.write(step, "early_stop", stopped)
     ckpt.close()
     results = task.final_evaluation(evals[bool(config.eval.use_ema)], state, mesh, dataset_dir,
                                     workdir, writer, step)
     writer.close()
     return {"step": step, "train": train_metrics, "eval": results,
-            "best_step": best_step}
+            "best_step": best_step, **({"early_stopping": stopped} if stopped else {})}
+
+
+def _restore_early_stopping_best(es, ckpt, state, state_shardings, step: int):
+    """(state of the early-stopping best step, summary): like Keras' restore_best_weights,
+    the final evaluation sees the best validated state, not the last one."""
+    evaluated = es.best_step
+    if evaluated is None or evaluated not in ckpt.all_steps():
+        logging.warning("Early stopping: best step %s has no checkpoint; the final evaluation "
+                        "uses the state of step %d", evaluated, step)
+        evaluated = step
+    elif evaluated != step:
+        ckpt.wait()
+        state, _ = ckpt.restore(evaluated, abstract_state_like(state, state_shardings))
+    best = es.best.value
+    logging.info("Early stopping at step %d: %s did not improve by more than %g for %d "
+                 "validations (best %s at step %s); the final evaluation uses the state of "
+                 "step %d", es.stopped_step, es.metric, es.min_delta, es.patience,
+                 "none" if best is None else f"{best:.4f}", es.best_step, evaluated)
+    return state, {"stopped_step": es.stopped_step, "best_step": es.best_step,
+                   "best_value": best, "evaluated_step": evaluated}
 
 
 def _fmt(d: dict[str, Any]) -> str:

@@ -34,6 +34,9 @@ def _run_steps(config, mesh, files, num_steps):
 def test_train_steps_identical_on_8_devices_and_on_1(tiny_dataset):
     assert jax.device_count() == 8, "conftest must set 8 fake CPU devices before jax import"
     config = _tiny_config(tiny_dataset)
+    # SGD: updates linear in the gradients. Adam's g / sqrt(v) turns a float-rounding
+    # difference in a near-zero gradient into a full +-lr step (seen: 4.8e-5 after 3 steps).
+    config.optimizer.name = "sgd"
     files = records.split_files(tiny_dataset, "train")
     losses8, state8 = _run_steps(config, sharding.make_mesh(devices=jax.devices()), files, 3)
     losses1, state1 = _run_steps(config, sharding.make_mesh(devices=jax.devices()[:1]), files, 3)

@@ -43,6 +43,9 @@ FORMATS: dict[str, Format] = {
                           "(same keys as torchvision)"),
     "face_parsing_bisenet": Format("bisenet", "load_face_parsing_bisenet", "face-parsing.PyTorch "
                                    "BiSeNet checkpoint (79999_iter.pth or .safetensors)"),
+    "deepfake_jax": Format("own_run", "load_deepfake_jax", "another deepfake_jax run: its workdir "
+                           "(best checkpoint, else latest) or <workdir>/checkpoints/<step>; "
+                           "EMA weights unless use_ema=False (two-stage training)"),
 }
 
 
