@@ -7,6 +7,23 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+# Most of the suite's time is XLA compiling the same tiny models again (each test builds new jitted
+# closures; metadata such as line numbers is not part of the cache key). A persistent compilation
+# cache, fresh for each pytest run and removed at exit, lets later tests and the subprocesses the
+# tests start (they inherit os.environ) load those executables instead. Correctness never depends
+# on it: a miss just compiles. JAX_ENABLE_COMPILATION_CACHE=false turns it off; a caller's own
+# JAX_COMPILATION_CACHE_DIR is respected.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+
+    _xla_cache = tempfile.mkdtemp(prefix="dfj-test-xla-cache-")
+    atexit.register(shutil.rmtree, _xla_cache, ignore_errors=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _xla_cache
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
+
 import pytest  # noqa: E402
 
 

@@ -8,6 +8,7 @@ import threading
 import time
 
 import numpy as np
+from restored import assert_latest_checkpoints_close
 
 
 def _signal_after_first_log_line(workdir: str, stop: threading.Event) -> None:
@@ -24,7 +25,7 @@ def test_sigterm_saves_and_the_restart_matches_an_uninterrupted_run(trained_work
     import jax
 
     from configs import default
-    from deepfake_jax import evaluate, train
+    from deepfake_jax import train
 
     reference_dir, reference = trained_workdir
     config = default.get_config("tiny")
@@ -53,9 +54,5 @@ def test_sigterm_saves_and_the_restart_matches_an_uninterrupted_run(trained_work
             np.testing.assert_allclose(got[key], want[key], atol=1e-6, err_msg=f"{split} {key}")
 
     mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-    run_config = evaluate.load_run_config(workdir)
-    _, state, _ = evaluate.restore_state(run_config, workdir, "latest", mesh)
-    _, ref_state, _ = evaluate.restore_state(run_config, reference_dir, "latest", mesh)
-    for a, b in zip(jax.tree.leaves(state.ema_params), jax.tree.leaves(ref_state.ema_params),
-                    strict=True):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+    assert_latest_checkpoints_close(workdir, reference_dir, mesh, fields=("ema_params",),
+                                    atol=1e-6)
