@@ -9,6 +9,8 @@ Default (no argument): the CPU recipe on generated faces with known label maps
 (`data_prep.synthetic --masks`), made in `<workdir>/data` on the first run; the ResNet-18 BiSeNet
 at a reduced resolution (128 px) so that it trains on 2 CPU cores (README "Face parsing": per
 step it learns much faster than the reduced-width "tiny" variant, at a similar wall time).
+`--config.model.variant=half` (or `quarter`) with `--config.input.image_size=256
+--config.input.crop_size=256` trades width for resolution (README "Face parsing": not yet better).
 "celebamask": the full ResNet-18 BiSeNet at 512 px, SGD + poly decay as in the reference;
 point `config.data.dir` at `python -m data_prep.celebamask` output.
 """

@@ -365,8 +365,15 @@ def test_registry_variants_and_filters():
     bb, hd = flatten(nnx.to_pure_dict(backbone)), flatten(nnx.to_pure_dict(head))
     assert bb and hd and not bb.keys() & hd.keys() and bb.keys() | hd.keys() == params.keys()
     assert all(p[:2] == ("cp", "resnet") for p in bb)
-    with pytest.raises(ValueError, match="valid variants: resnet18, tiny"):
+    with pytest.raises(ValueError, match="valid variants: resnet18, half, quarter, tiny"):
         BiSeNet("resnet50", rngs=nnx.Rngs(0))
+    # The reduced-width variants: the reference's parameter names, narrower kernels.
+    ref = flatten(nnx.to_pure_dict(nnx.state(_abstract("resnet18", 19), nnx.Param)))
+    for variant, width, mid in (("half", 32, 64), ("quarter", 16, 32)):
+        got = flatten(nnx.to_pure_dict(nnx.state(_abstract(variant, 19), nnx.Param)))
+        assert got.keys() == ref.keys()
+        assert got[("cp", "resnet", "conv1", "kernel")].shape == (7, 7, 3, width)
+        assert got[("cp", "conv_avg", "conv", "kernel")].shape == (1, 1, 8 * width, mid)
     with pytest.raises(ValueError, match="divisible by 32"):
         jax.eval_shape(lambda x: abstract(x), jax.ShapeDtypeStruct((1, 48, 64, 3), jnp.float32))
 

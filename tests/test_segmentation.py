@@ -3,6 +3,8 @@ training through the shared trainer, FaceParser and the segment CLI."""
 
 import json
 import os
+import subprocess
+import sys
 
 import cv2
 import numpy as np
@@ -373,3 +375,60 @@ def test_segment_cli_reports_every_file(parsing_run, face_parser, tmp_path):
     with open(out / "face.json") as f:
         assert json.load(f)["status"] == "ok"
     assert "4 file(s): 1 ok, 1 without a face, 2 unreadable" in segment.summary(result, str(out))
+
+
+def test_evaluate_cli_hands_a_parsing_run_to_the_parsing_evaluator(parsing_run, capsys):
+    from deepfake_jax import evaluate
+
+    workdir, summary = parsing_run
+    with pytest.raises(ValueError, match="python -m deepfake_jax.seg_train --workdir"):
+        evaluate.evaluate_checkpoint(workdir)  # the classifier API: a clear refusal
+    flags = evaluate.FLAGS
+    try:
+        flags(["evaluate", "--workdir", workdir])
+        assert evaluate.main(["evaluate"]) == 0
+        flags.unparse_flags()
+        flags(["evaluate", "--workdir", workdir, "--robustness"])
+        with pytest.raises(SystemExit, match="--robustness: classifier-only"):
+            evaluate.main(["evaluate"])
+    finally:
+        flags.unparse_flags()
+    assert "step 4 test: mIoU" in capsys.readouterr().out
+    with open(os.path.join(workdir, "eval", "step_4", "test", "metrics.json")) as f:
+        assert json.load(f)["miou"] == pytest.approx(summary["eval"]["test"]["miou"])
+    # The real command line too (run as __main__, the module must not define its flags twice).
+    run = subprocess.run([sys.executable, "-m", "deepfake_jax.evaluate", "--workdir", workdir,
+                          "--split", "valid"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "step 4 valid: mIoU" in run.stdout
+
+
+def test_halted_parsing_run_resumes_to_the_uninterrupted_result(parsing_run, tmp_path):
+    import jax
+
+    from configs import bisenet_face_parsing
+    from deepfake_jax import evaluate, train
+
+    reference_dir, reference = parsing_run
+    config = bisenet_face_parsing.get_config("tiny")
+    config.halt_after_steps = 2
+    workdir = str(tmp_path / "halted")
+    halted = train.train_and_evaluate(config, workdir)
+    assert halted["halted"] == "halt_after_steps=2" and halted["step"] == 2
+    assert not os.path.exists(os.path.join(workdir, "eval"))
+
+    config.halt_after_steps = None
+    resumed = train.train_and_evaluate(config, workdir)
+    assert resumed["step"] == reference["step"] == 4
+    for split in ("valid", "test"):
+        got, want = resumed["eval"][split], reference["eval"][split]
+        # Same data order and state: the same predictions, pixel for pixel.
+        np.testing.assert_array_equal(got["confusion_matrix"], want["confusion_matrix"])
+    mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    run_config = evaluate.load_run_config(workdir)
+    _, state, _ = evaluate.restore_state(run_config, workdir, "latest", mesh)
+    _, ref_state, _ = evaluate.restore_state(run_config, reference_dir, "latest", mesh)
+    for a, b in zip(jax.tree.leaves((state.ema_params, state.ema_batch_stats)),
+                    jax.tree.leaves((ref_state.ema_params, ref_state.ema_batch_stats)),
+                    strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)

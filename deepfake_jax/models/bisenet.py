@@ -33,7 +33,8 @@ variance, flax with the biased one; eval outputs are identical).
 
 Variants: ``"resnet18"`` (the reference: 13,300,416 parameters at 19 classes, ``nnx.Param`` only,
 verified against a PyTorch transcription of the reference in ``tests/test_bisenet.py``) and
-``"tiny"`` (same topology and key names, ResNet width 8 and 16 context channels; tests only).
+``"half"`` / ``"quarter"`` / ``"tiny"`` (same topology and key names, ResNet width 32 / 16 / 8
+and 64 / 32 / 16 context channels: CPU budgets; ``"tiny"`` is for tests).
 
 Input: NHWC, already normalised (the reference uses ImageNet mean/std on RGB in [0, 1]), H and
 W divisible by 32. ``model(x)`` returns the main logits (N, H, W, C); ``model(x, train=True)``
@@ -84,6 +85,8 @@ _head_conv = functools.partial(
 # variant -> (ResNet-18 base width, context-path channels)
 _VARIANTS: dict[str, tuple[int, int]] = {
     "resnet18": (64, 128),
+    "half": (32, 64),  # ~1/4 of the FLOPs: buys 2x the input side on a CPU budget
+    "quarter": (16, 32),
     "tiny": (8, 16),
 }
 VARIANTS: tuple[str, ...] = tuple(_VARIANTS)
