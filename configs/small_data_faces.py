@@ -40,6 +40,25 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     elif arg == "resnet18_scratch":  # torchvision ResNet-18: ImageNet stem, full width
         config.model = ml_collections.ConfigDict(dict(
             variant="18", width=64, stem="imagenet", input_transform="none", dtype="float32"))
+    elif arg in ("cooc", "cooc_tiny"):
+        # Fixed residual co-occurrence (SPAM) features of the whole image + a linear head
+        # (models/cooccurrence.py): nothing but the head is learnt, so a few hundred images do.
+        config.model_name = "cooccurrence"
+        config.model = ml_collections.ConfigDict(dict(variant="spam3", hidden=0,
+                                                      dtype="float32"))
+        # Whole images (crop = image size: a random crop is the identity, nothing resized),
+        # in grey levels: the features quantise pixel differences to whole grey levels.
+        config.input.update(crop_size=256, mean=(0.0, 0.0, 0.0), std=(1 / 255,) * 3)
+        config.optimizer.update(learning_rate=1e-2, weight_decay=0.1, warmup_steps=10)
+        config.num_epochs = 10
+        config.ema_decay = 0.9
+        if arg == "cooc_tiny":
+            config.data.synthetic.update(train=32, valid=8, test=8, image_size=32,
+                                         difficulty=0.0)
+            config.input.update(crop_size=32, batch_size=16, eval_batch_size=16)
+            config.model.variant = "tiny"
+            config.num_train_steps = 2
+            config.eval_every_steps = config.checkpoint.every_steps = 1000
     elif arg == "tiny":  # same recipe, test size: seconds on one CPU core
         config.data.synthetic.update(train=32, valid=8, test=8, image_size=32, difficulty=0.0)
         config.input.update(crop_size=16, batch_size=16, eval_batch_size=16)
@@ -51,5 +70,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.checkpoint.every_steps = 1000
     elif arg:
         raise ValueError(f"configs/small_data_faces.py: unknown argument {arg!r}; use nothing, "
-                         "'seed_cnn', 'resnet18_scratch' or 'tiny'")
+                         "'cooc', 'cooc_tiny', 'seed_cnn', "
+                         "'resnet18_scratch' or 'tiny'")
     return config
