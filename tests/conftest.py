@@ -2,8 +2,12 @@
 
 import os
 
+# Optimisation level 0: fewer LLVM passes, ~30% less compile time for the suite's many tiny
+# programs (compiling, not running, is most of its time). Numerics stay within every test's
+# tolerance (parity tests included); subprocess tests derive their XLA_FLAGS from these.
 os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    os.environ.get("XLA_FLAGS", "")
+    + " --xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 

@@ -67,7 +67,7 @@ def test_init_from_and_freeze_backbone_on_8_devices(tmp_path, caplog):
     config = _config(freeze="backbone")
     values = _write_timm_checkpoint(tmp_path / "vit.safetensors")
     config.init_from.update(path=str(tmp_path / "vit.safetensors"), format="timm_vit")
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO, logger="absl"):
         initial, final = _train(config, mesh)
     assert ("kept from the random init (head replaced): classifier.bias, classifier.kernel"
             in caplog.text)

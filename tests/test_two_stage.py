@@ -88,7 +88,8 @@ def test_head_replaced_when_num_classes_differs(tmp_path, caplog):
     config = default.get_config("tiny")
     config.num_classes = 2  # stage 1 had one logit
     config.init_from.update(path=str(tmp_path), format="deepfake_jax", strict=False)
-    with caplog.at_level(logging.INFO):
+    # the "absl" logger's own level: earlier tests (absl flag parsing) may have raised it
+    with caplog.at_level(logging.INFO, logger="absl"):
         state = _stage2_state(config, jax.devices()[:1])
     assert "kept from the random init (head replaced): fc.bias, fc.kernel" in caplog.text
     plain = default.get_config("tiny")
