@@ -18,13 +18,18 @@ def test_recipe_variants_build_the_intended_models():
     from deepfake_jax import train
 
     recipe = small_data_faces.get_config()
-    assert recipe.model.stem == "small" and recipe.model.input_transform == "npr"
-    assert recipe.input.resize_to is None  # crops at native resolution, never resized
+    assert recipe.model_name == "cooccurrence" and recipe.model.variant == "spam3"
+    # whole 256-px images in grey levels: never resized, residuals in whole grey levels
+    assert recipe.input.resize_to is None and recipe.input.crop_size == 256
+    assert tuple(recipe.input.mean) == (0, 0, 0) and recipe.input.std[0] == 1 / 255
+    npr = small_data_faces.get_config("npr_resnet")
+    assert npr.model.stem == "small" and npr.model.input_transform == "npr"
+    assert npr.input.resize_to is None  # crops at native resolution, never resized
     cnn = small_data_faces.get_config("seed_cnn")
     assert cnn.model_name == "cnn" and cnn.model.image_size == cnn.input.crop_size
     scratch = small_data_faces.get_config("resnet18_scratch")
     assert (scratch.model.width, scratch.model.stem) == (64, "imagenet")
-    for config in (recipe, cnn, scratch):
+    for config in (recipe, npr, cnn, scratch):
         model = train.abstract_model(config)
         assert model is not None
     with pytest.raises(ValueError, match="unknown argument 'bogus'"):

@@ -29,7 +29,7 @@ and ``"tiny"`` (T = 1, 135; for tests). Freezing groups: ``head`` / ``dense1`` /
 head; the standardisation (no parameters) is the backbone.
 
 Measured on the 600-image 140k sample (5-fold CV; README "Small real data"): the recipe
-`configs/small_data_faces.py:cooc` reaches ROC AUC 0.806 +- 0.040 (scikit-learn's logistic
+`configs/small_data_faces.py` (the recipe) reaches ROC AUC 0.806 +- 0.040 (scikit-learn's logistic
 regression on the same features: 0.799), against 0.668 for the radial spectrum baseline and
 0.544 for the seeds' small CNN.
 """
