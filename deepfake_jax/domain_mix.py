@@ -25,7 +25,6 @@ from typing import Any
 
 import grain
 import numpy as np
-from absl import flags
 
 from deepfake_jax import input_pipeline, records
 from deepfake_jax.pipeline_speed import epoch_shuffle
@@ -174,15 +173,10 @@ def train_iterator(
     ds = ds.map_with_index(input_pipeline._with_index)  # (global position, (domain, raw))
     inner = transform or input_pipeline._TrainTransform(preprocess, total)
     ds = ds.random_map(_Tagged(inner), seed=seed)
-    ds = ds[process_index::process_count]  # interleaved: see input_pipeline.train_iterator
-    ds = ds.batch(global_batch_size // process_count, drop_remainder=True)
-    it_ds = ds.to_iter_dataset(None if read_threads is None else grain.ReadOptions(
-        num_threads=read_threads, prefetch_buffer_size=max(1, 2 * read_threads)))
-    if num_workers > 0:
-        if not flags.FLAGS.is_parsed():
-            flags.FLAGS.mark_as_parsed()
-        it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
-    return iter(it_ds)
+    # interleaved process shards, as input_pipeline.train_iterator
+    return input_pipeline.shard_and_batch(ds, global_batch_size, process_index=process_index,
+                                          process_count=process_count,
+                                          num_workers=num_workers, read_threads=read_threads)
 
 
 def per_domain_auc(labels: np.ndarray, scores: np.ndarray, names: Sequence[str]

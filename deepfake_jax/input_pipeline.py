@@ -136,6 +136,16 @@ def train_iterator(
     ds = ds.random_map(transform or _TrainTransform(preprocess, len(source)), seed=seed)
     # Interleaved sharding: process i takes global positions i, i+P, ... of the shuffled stream,
     # so every global batch is a contiguous slice of that stream, whatever the process count.
+    return shard_and_batch(ds, global_batch_size, process_index=process_index,
+                           process_count=process_count, num_workers=num_workers,
+                           read_threads=read_threads)
+
+
+def shard_and_batch(ds: grain.MapDataset, global_batch_size: int, *, process_index: int = 0,
+                    process_count: int = 1, num_workers: int = 0,
+                    read_threads: int | None = None) -> grain.DatasetIterator:
+    """This process's interleaved share of an endless example stream, batched and iterated
+    (with `num_workers` grain worker processes); shared by every training pipeline."""
     ds = ds[process_index::process_count]
     ds = ds.batch(global_batch_size // process_count, drop_remainder=True)
     it_ds = ds.to_iter_dataset(None if read_threads is None else grain.ReadOptions(

@@ -260,6 +260,9 @@ def build_optimizer(opt_config: ml_collections.ConfigDict, total_steps: int, *,
     head's and has `group_schedules={"backbone": ...}`.
     """
     phase1 = phase1_steps(opt_config, steps_per_epoch)
+    if phase1 >= total_steps > 0:
+        raise ValueError(f"config.optimizer.two_phase: phase 1 of {phase1} steps leaves no phase 2 "
+                         f"in a run of {total_steps} steps")
     if phase1:
         return _two_phase_optimizer(opt_config, total_steps, model, phase1)
     schedule = learning_rate_schedule(opt_config, total_steps)
@@ -621,6 +624,7 @@ class ClassificationTask:
         self.config = config
         self.preprocess = input_pipeline.Preprocess.from_config(config.input,
                                                                 config.get("augment"))
+        self._val_domains: list[str] | None = None
 
     def prepare_data(self, workdir: str) -> str:
         return datasets.prepare(self.config, workdir)
@@ -651,8 +655,10 @@ class ClassificationTask:
         summary = {f"val_{k}": val_m[k] for k in ("roc_auc", "accuracy", "log_loss")}
         domains = domain_mix.domains_of(self.config)
         if domains:  # config.data.mix: also each domain's own AUC
-            names = domain_mix.record_domains(val_files, domain_mix.file_domains(
-                domains, self.config.data.val_split))
+            if self._val_domains is None:  # the split's record -> domain list, read once
+                self._val_domains = domain_mix.record_domains(
+                    val_files, domain_mix.file_domains(domains, self.config.data.val_split))
+            names = self._val_domains
             aucs = domain_mix.per_domain_auc(val["label"], val["p_fake"],
                                              [names[i] for i in val["index"]])
             summary.update({f"val_roc_auc_{k}": v for k, v in aucs.items() if v is not None})
@@ -721,9 +727,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     total_steps = total_train_steps(config, num_train)
     steps_per_epoch = num_train // config.input.batch_size
     phase1 = phase1_steps(config.optimizer, steps_per_epoch)
-    if phase1 and phase1 >= total_steps:
-        raise ValueError(f"config.optimizer.two_phase: phase 1 of {phase1} steps leaves no phase 2 "
-                         f"in a run of {total_steps} steps")
     tx, schedule = build_optimizer(config.optimizer, total_steps, model=abstract_model(config),
                                    steps_per_epoch=steps_per_epoch)
     ckpt = checkpointing.Checkpointer(
