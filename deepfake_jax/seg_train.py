@@ -5,7 +5,10 @@ The loop, optimizer, EMA, sharding and checkpoints are `train.py`'s; this module
 - data: `config.data.dir` (from `data_prep.celebamask`), or generated faces with known label
   maps (`data_prep.synthetic --masks`) converted into `<workdir>/data/arrayrecord` once;
 - the train step: OHEM cross-entropy (`segmentation.ohem_cross_entropy`) on the main output plus
-  `config.loss.aux_weight` x the same loss on each of BiSeNet's two auxiliary outputs;
+  `config.loss.aux_weight` x the same loss on each of BiSeNet's two auxiliary outputs (upsampled
+  to the input as in the reference, or with `config.loss.aux_at_input_size=False` on their own
+  grids against subsampled labels), plus `config.loss.jaccard_weight` x the soft-IoU loss on the
+  main output (`segmentation.soft_jaccard_loss`; 0 = the reference recipe);
 - the eval step: per-pixel argmax labels (N, H, W), sharded like the batch;
 - validation (`val_miou`, which ranks checkpoints) and the final evaluation: per split,
   `<workdir>/eval/<split>/{metrics.json, confusion_matrix.png, overlays.png}`.
@@ -33,10 +36,20 @@ from deepfake_jax import records, seg_pipeline, segmentation, sharding, train
 # ----------------------------------------------------------------------------- steps
 
 
+def subsample_labels(labels: jax.Array, size: tuple[int, int]) -> jax.Array:
+    """(N, H, W) labels at a coarser (h, w) grid: the pixel at each cell's centre (no mixing of
+    classes, unlike an image resize). The identity at the same size."""
+    sh, sw = labels.shape[1] // size[0], labels.shape[2] // size[1]
+    if sh * size[0] != labels.shape[1] or sw * size[1] != labels.shape[2]:
+        raise ValueError(f"labels {labels.shape[1:]} are not a multiple of the grid {size}")
+    return labels[:, sh // 2::sh, sw // 2::sw]
+
+
 def train_step(state: train.TrainState, batch: dict[str, jax.Array],
                lr_scale: jax.Array | None = None, *, graphdef, tx, schedule,
                ema_decay: float, mean, std, seed: int, aux_weight: float, ohem_thresh: float,
-               ohem_min_kept: float) -> tuple[train.TrainState, dict[str, jax.Array]]:
+               ohem_min_kept: float, jaccard_weight: float = 0.0, aux_at_input_size: bool = True
+               ) -> tuple[train.TrainState, dict[str, jax.Array]]:
     images = train.normalize(batch["image"], mean, std)
     labels = batch["labels"].astype(jnp.int32)
     dropout_key = jax.random.fold_in(jax.random.key(seed), state.step)
@@ -45,9 +58,15 @@ def train_step(state: train.TrainState, batch: dict[str, jax.Array],
 
     def loss_fn(params):
         model = nnx.merge(graphdef, params, state.batch_stats)
-        out, aux16, aux32 = model(images, train=True, rngs=nnx.Rngs(dropout=dropout_key))
+        if aux_at_input_size:
+            out, aux16, aux32 = model(images, train=True, rngs=nnx.Rngs(dropout=dropout_key))
+        else:
+            out, aux16, aux32 = model.all_heads(images, train=True, aux_at_input_size=False)
         main = loss_of(out, labels)
-        loss = main + aux_weight * (loss_of(aux16, labels) + loss_of(aux32, labels))
+        loss = main + aux_weight * (loss_of(aux16, subsample_labels(labels, aux16.shape[1:3]))
+                                    + loss_of(aux32, subsample_labels(labels, aux32.shape[1:3])))
+        if jaccard_weight:
+            loss = loss + jaccard_weight * segmentation.soft_jaccard_loss(out, labels)
         new_batch_stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
         return loss, (main, jnp.argmax(out, axis=-1), new_batch_stats)
 
@@ -213,7 +232,9 @@ class SegmentationTask:
                 ema_decay=float(config.ema_decay), mean=mean, std=std, seed=int(config.seed),
                 aux_weight=float(loss.get("aux_weight", 1.0)),
                 ohem_thresh=float(loss.get("ohem_thresh", 0.7)),
-                ohem_min_kept=float(loss.get("ohem_min_kept", 1 / 16))),
+                ohem_min_kept=float(loss.get("ohem_min_kept", 1 / 16)),
+                jaccard_weight=float(loss.get("jaccard_weight", 0.0)),
+                aux_at_input_size=bool(loss.get("aux_at_input_size", True))),
             mesh, state_shardings)
         return step, make_eval_steps(config, mesh, graphdef, state_shardings)
 

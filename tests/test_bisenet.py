@@ -378,6 +378,32 @@ def test_registry_variants_and_filters():
         jax.eval_shape(lambda x: abstract(x), jax.ShapeDtypeStruct((1, 48, 64, 3), jnp.float32))
 
 
+@pytest.mark.parametrize("stride,width", [(4, 16), (2, 8)])
+def test_detail_stride_decodes_at_a_finer_map(stride, width):
+    """detail_stride < 8 (ours, not the reference): the fused 1/8 features are brought to the
+    backbone's 1/4 (layer1) and 1/2 (stem) maps before the output head.
+    Logits keep the input size; the reference's modules and names are all still there; the new
+    ones are head."""
+    model = BiSeNet("tiny", 5, rngs=nnx.Rngs(0), detail_stride=stride)
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 64, 32, 3)), jnp.float32)
+    assert [y.shape for y in model.all_heads(x, train=True)] == [(2, 64, 32, 5)] * 3
+    assert model(x).shape == (2, 64, 32, 5)
+    np.testing.assert_allclose(model(x), model.all_heads(x)[0], atol=1e-5)
+    native = model.all_heads(x, aux_at_input_size=False)  # aux heads on their own grids
+    assert [y.shape for y in native] == [(2, 64, 32, 5), (2, 8, 4, 5), (2, 4, 2, 5)]
+    np.testing.assert_allclose(native[0], model(x), atol=1e-5)
+    ref = flatten(nnx.to_pure_dict(nnx.state(_abstract("tiny", 5), nnx.Param)))
+    got = flatten(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+    new = got.keys() - ref.keys()
+    assert {p[0] for p in new} == {4: {"detail4"}, 2: {"detail4", "detail2"}}[stride]
+    assert ref.keys() - got.keys() == set()
+    assert got[("conv_out", "conv_out", "kernel")].shape == (1, 1, width, 5)
+    head = flatten(nnx.to_pure_dict(nnx.state(model, nnx.All(nnx.Param, BiSeNet.head_filter()))))
+    assert new <= head.keys()
+    with pytest.raises(ValueError, match=r"detail_stride must be one of \(8, 4, 2\)"):
+        BiSeNet("tiny", 5, rngs=nnx.Rngs(0), detail_stride=16)
+
+
 def test_tiny_trains_sharded_on_data_mesh(tiny_state):
     graphdef, state = tiny_state
     def apply(st, x, train):

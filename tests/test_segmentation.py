@@ -7,6 +7,8 @@ import subprocess
 import sys
 
 import cv2
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -212,6 +214,48 @@ def test_ohem_matches_reference(scale):
     got = float(segmentation.ohem_cross_entropy(logits, labels, thresh=0.7,
                                                 min_kept_fraction=1 / 16))
     assert got == pytest.approx(_np_ohem(logits, labels, 0.7, 8), rel=1e-5)
+
+
+@pytest.mark.parametrize("k", [1, 7, 500, 999])
+def test_mean_of_largest_equals_top_k_with_ties_and_zeros(k):
+    rng = np.random.default_rng(k)
+    values = np.concatenate([rng.exponential(size=600), np.zeros(300),
+                             np.full(100, 0.5)]).astype(np.float32)  # ties, incl. at the cut
+    rng.shuffle(values)
+    assert float(segmentation.kth_largest_nonnegative(jnp.asarray(values), k)) == np.sort(
+        values)[::-1][k - 1]
+    want = np.sort(values)[::-1][:k].mean(dtype=np.float64)
+    got = float(segmentation.mean_of_largest(jnp.asarray(values), k))
+    assert got == pytest.approx(want, rel=1e-6)
+
+
+def test_mean_of_largest_gradient_equals_top_k_gradient():
+    values = jnp.asarray(np.random.default_rng(0).exponential(size=257), jnp.float32)  # no ties
+    grad = jax.grad(lambda v: segmentation.mean_of_largest(v, 19))(values)
+    want = jax.grad(lambda v: jnp.mean(jax.lax.top_k(v, 19)[0]))(values)
+    np.testing.assert_allclose(grad, want, rtol=1e-6)
+
+
+def test_soft_jaccard_matches_hand_computation():
+    # class 0: I = 0.75, U = 1.25 + 1 - 0.75 = 1.5; class 1: I = 0.5, U = 0.75 + 1 - 0.5 = 1.25
+    probs = np.array([[[0.75, 0.25], [0.5, 0.5], [0.9, 0.1]]])  # the third pixel is ignored
+    labels = np.array([[0, 1, IGNORE_LABEL]])
+    got = float(segmentation.soft_jaccard_loss(jnp.log(jnp.asarray(probs)), labels))
+    assert got == pytest.approx(1 - (0.75 / 1.5 + 0.5 / 1.25) / 2, rel=1e-6)
+    # a class absent from the labels is not averaged in; a confident right answer costs ~0
+    confident = jnp.asarray(np.eye(3)[[0, 2, 2, 0]] * 30.0)[None]
+    assert float(segmentation.soft_jaccard_loss(confident, np.array([[0, 2, 2, 0]]))) < 1e-6
+
+
+def test_subsample_labels_takes_cell_centres():
+    from deepfake_jax.seg_train import subsample_labels
+
+    labels = np.arange(2 * 8 * 4).reshape(2, 8, 4)
+    got = np.asarray(subsample_labels(jnp.asarray(labels), (2, 1)))
+    np.testing.assert_array_equal(got, labels[:, [2, 6]][:, :, [2]])
+    np.testing.assert_array_equal(subsample_labels(jnp.asarray(labels), (8, 4)), labels)
+    with pytest.raises(ValueError, match="not a multiple"):
+        subsample_labels(jnp.asarray(labels), (3, 1))
 
 
 def test_ohem_ignores_padding():

@@ -36,6 +36,14 @@ verified against a PyTorch transcription of the reference in ``tests/test_bisene
 ``"half"`` / ``"quarter"`` / ``"tiny"`` (same topology and key names, ResNet width 32 / 16 / 8
 and 64 / 32 / 16 context channels: CPU budgets; ``"tiny"`` is for tests).
 
+``detail_stride`` (ours; 8 = the reference): 4 or 2 add a small decoder after the fusion --
+``detail4 = ConvBNReLU3x3(concat[bilinear_up(fuse), layer1 output])`` at 1/4 (context
+channels), then for 2 ``detail2`` the same with the stem's output at 1/2 (half the context
+channels) -- and ``conv_out`` reads the finest map. The reference predicts at 1/8, where the
+face's thin parts (brows, lips, glasses frames: 1-3 pixels at 128 px) fall inside one cell of
+the prediction grid; the auxiliary heads stay on the 1/8 and 1/16 maps. The reference
+checkpoint imports only into ``detail_stride=8`` (``conv_out`` reads other channels).
+
 Input: NHWC, already normalised (the reference uses ImageNet mean/std on RGB in [0, 1]), H and
 W divisible by 32. ``model(x)`` returns the main logits (N, H, W, C); ``model(x, train=True)``
 returns ``(out, aux16, aux32)``, all (N, H, W, C); ``model.all_heads(x)`` gives the tuple in
@@ -90,6 +98,7 @@ _VARIANTS: dict[str, tuple[int, int]] = {
     "tiny": (8, 16),
 }
 VARIANTS: tuple[str, ...] = tuple(_VARIANTS)
+DETAIL_STRIDES: tuple[int, ...] = (8, 4, 2)
 BACKBONE_PATH: tuple[str, ...] = ("cp", "resnet")
 
 
@@ -191,6 +200,19 @@ class BiSeNetOutput(nnx.Module):
         return self.conv_out(self.conv(x, train=train))
 
 
+class DetailFusion(nnx.Module):
+    """Not in the reference: one step of a decoder (as DeepLabv3+'s) that brings the fused
+    features to a finer backbone map: bilinear x2, concat the backbone map, ConvBNReLU 3x3."""
+
+    def __init__(self, cin_coarse, cin_fine, cout, *, rngs, dtype, param_dtype, momentum):
+        self.conv = ConvBNReLU(cin_coarse + cin_fine, cout, 3, pad=1, rngs=rngs, dtype=dtype,
+                               param_dtype=param_dtype, momentum=momentum)
+
+    def __call__(self, coarse, fine, *, train: bool):
+        up = bilinear_resize_align_corners(coarse, fine.shape[1:3])
+        return self.conv(jnp.concatenate([up, fine], axis=-1), train=train)
+
+
 class ResNet18Features(nnx.Module):
     """torchvision ResNet-18 without ``fc``, returning the 1/8, 1/16 and 1/32 feature maps.
 
@@ -214,14 +236,16 @@ class ResNet18Features(nnx.Module):
             setattr(self, f"layer{si + 1}", nnx.List(blocks))
 
     def __call__(self, x, *, train: bool):
+        """``(feat2, feat4, feat8, feat16, feat32)``: the stem (before the max pool) and the
+        four stages; unused maps cost nothing under ``jit``."""
         x = jax.nn.relu(self.bn1(self.conv1(x), use_running_average=not train))
+        feats = [x]
         x = resnet.stem_max_pool(x)
-        feats = []
         for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
             for block in layer:
                 x = block(x, train=train)
             feats.append(x)
-        return feats[1], feats[2], feats[3]
+        return tuple(feats)
 
 
 class ContextPath(nnx.Module):
@@ -235,19 +259,20 @@ class ContextPath(nnx.Module):
         self.conv_avg = ConvBNReLU(8 * width, mid, 1, pad=0, **kw)
 
     def __call__(self, x, *, train: bool):
-        feat8, feat16, feat32 = self.resnet(x, train=train)
+        feat2, feat4, feat8, feat16, feat32 = self.resnet(x, train=train)
         avg = self.conv_avg(_global_mean(feat32), train=train)  # (N, 1, 1, mid)
         feat32_sum = self.arm32(feat32, train=train) + avg  # nearest 1x1 -> HxW == broadcast
         feat32_up = self.conv_head32(nearest_resize(feat32_sum, feat16.shape[1:3]), train=train)
         feat16_sum = self.arm16(feat16, train=train) + feat32_up
         feat16_up = self.conv_head16(nearest_resize(feat16_sum, feat8.shape[1:3]), train=train)
-        return feat8, feat16_up, feat32_up  # 1/8, 1/8, 1/16
+        return (feat2, feat4, feat8), feat16_up, feat32_up  # backbone 1/2-1/8, 1/8, 1/16
 
 
 class BiSeNet(nnx.Module, ParamGroups):
     """face-parsing.PyTorch BiSeNet. See the module docstring for architecture and naming."""
 
-    HEAD_MODULES: ClassVar[tuple[str, ...]] = ("ffm", "conv_out", "conv_out16", "conv_out32")
+    HEAD_MODULES: ClassVar[tuple[str, ...]] = ("ffm", "detail4", "detail2", "conv_out",
+                                               "conv_out16", "conv_out32")
 
     def __init__(
         self,
@@ -258,19 +283,31 @@ class BiSeNet(nnx.Module, ParamGroups):
         dtype: Any = jnp.float32,
         param_dtype: Any = jnp.float32,
         bn_momentum: float = 0.9,
+        detail_stride: int = 8,
     ):
         variant = str(variant)
         if variant not in _VARIANTS:
             raise ValueError(
                 f"Unknown BiSeNet variant {variant!r}; valid variants: {', '.join(VARIANTS)}")
+        if detail_stride not in DETAIL_STRIDES:
+            raise ValueError(f"BiSeNet detail_stride must be one of {DETAIL_STRIDES} (8 = the "
+                             f"reference), got {detail_stride!r}")
         width, mid = _VARIANTS[variant]
         self.variant = variant
+        self.detail_stride = int(detail_stride)
         self.num_classes = num_classes
         self.dtype = dtype
         kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype, momentum=bn_momentum)
         self.cp = ContextPath(width, mid, **kw)
         self.ffm = FeatureFusionModule(2 * width + mid, 2 * mid, **kw)
-        self.conv_out = BiSeNetOutput(2 * mid, 2 * mid, num_classes, **kw)
+        out_channels = 2 * mid
+        if detail_stride <= 4:  # the 1/4 map is layer1's (width channels)
+            self.detail4 = DetailFusion(out_channels, width, mid, **kw)
+            out_channels = mid
+        if detail_stride <= 2:  # the 1/2 map is the stem's (width channels)
+            self.detail2 = DetailFusion(out_channels, width, mid // 2, **kw)
+            out_channels = mid // 2
+        self.conv_out = BiSeNetOutput(out_channels, out_channels, num_classes, **kw)
         self.conv_out16 = BiSeNetOutput(mid, mid // 2, num_classes, **kw)
         self.conv_out32 = BiSeNetOutput(mid, mid // 2, num_classes, **kw)
 
@@ -295,16 +332,33 @@ class BiSeNet(nnx.Module, ParamGroups):
                              f"32, got shape {tuple(x.shape)}")
         return x
 
-    def all_heads(self, x: jax.Array, *, train: bool = False
+    def all_heads(self, x: jax.Array, *, train: bool = False, aux_at_input_size: bool = True
                   ) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """``(out, aux16, aux32)`` logits, each (N, H, W, num_classes), in either mode."""
+        """``(out, aux16, aux32)`` logits, each (N, H, W, num_classes), in either mode.
+
+        ``aux_at_input_size=False`` leaves the auxiliary logits on their own 1/8 and 1/16 grids
+        (a loss against subsampled labels there skips two full-size upsamplings and softmaxes,
+        which cost as much as a narrow variant's whole network).
+        """
         x = self._check_input(x)
         h, w = x.shape[1:3]
-        feat8, cp8, cp16 = self.cp(x, train=train)
+        backbone, cp8, cp16 = self.cp(x, train=train)
+        fused = self._decode(backbone, cp8, train=train)
+        out = bilinear_resize_align_corners(self.conv_out(fused, train=train), (h, w))
+        aux = (self.conv_out16(cp8, train=train), self.conv_out32(cp16, train=train))
+        if aux_at_input_size:
+            aux = tuple(bilinear_resize_align_corners(y, (h, w)) for y in aux)
+        return (out, *aux)
+
+    def _decode(self, backbone, cp8, *, train: bool) -> jax.Array:
+        """The fused features at ``detail_stride``: FFM at 1/8, then the detail steps."""
+        feat2, feat4, feat8 = backbone
         fused = self.ffm(feat8, cp8, train=train)
-        logits = (self.conv_out(fused, train=train), self.conv_out16(cp8, train=train),
-                  self.conv_out32(cp16, train=train))
-        return tuple(bilinear_resize_align_corners(y, (h, w)) for y in logits)
+        if self.detail_stride <= 4:
+            fused = self.detail4(fused, feat4, train=train)
+        if self.detail_stride <= 2:
+            fused = self.detail2(fused, feat2, train=train)
+        return fused
 
     def __call__(self, x: jax.Array, *, train: bool = False, rngs: nnx.Rngs | None = None):
         """Eval: main logits (N, H, W, C). Train: ``(out, aux16, aux32)`` (for the losses)."""
@@ -313,6 +367,6 @@ class BiSeNet(nnx.Module, ParamGroups):
             return self.all_heads(x, train=True)
         x = self._check_input(x)
         h, w = x.shape[1:3]
-        feat8, cp8, _ = self.cp(x, train=False)
-        fused = self.ffm(feat8, cp8, train=False)
+        backbone, cp8, _ = self.cp(x, train=False)
+        fused = self._decode(backbone, cp8, train=False)
         return bilinear_resize_align_corners(self.conv_out(fused, train=False), (h, w))
