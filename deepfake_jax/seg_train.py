@@ -47,21 +47,19 @@ def subsample_labels(labels: jax.Array, size: tuple[int, int]) -> jax.Array:
 
 def train_step(state: train.TrainState, batch: dict[str, jax.Array],
                lr_scale: jax.Array | None = None, *, graphdef, tx, schedule,
-               ema_decay: float, mean, std, seed: int, aux_weight: float, ohem_thresh: float,
+               ema_decay: float, mean, std, aux_weight: float, ohem_thresh: float,
                ohem_min_kept: float, jaccard_weight: float = 0.0, aux_at_input_size: bool = True
                ) -> tuple[train.TrainState, dict[str, jax.Array]]:
     images = train.normalize(batch["image"], mean, std)
     labels = batch["labels"].astype(jnp.int32)
-    dropout_key = jax.random.fold_in(jax.random.key(seed), state.step)
     loss_of = functools.partial(segmentation.ohem_cross_entropy, thresh=ohem_thresh,
                                 min_kept_fraction=ohem_min_kept)
 
     def loss_fn(params):
         model = nnx.merge(graphdef, params, state.batch_stats)
-        if aux_at_input_size:
-            out, aux16, aux32 = model(images, train=True, rngs=nnx.Rngs(dropout=dropout_key))
-        else:
-            out, aux16, aux32 = model.all_heads(images, train=True, aux_at_input_size=False)
+        # BiSeNet has no stochastic layers: no dropout key
+        out, aux16, aux32 = model.all_heads(images, train=True,
+                                            aux_at_input_size=aux_at_input_size)
         main = loss_of(out, labels)
         loss = main + aux_weight * (loss_of(aux16, subsample_labels(labels, aux16.shape[1:3]))
                                     + loss_of(aux32, subsample_labels(labels, aux32.shape[1:3])))
@@ -229,7 +227,7 @@ class SegmentationTask:
         step = train.TrainStep(
             functools.partial(
                 train_step, graphdef=graphdef, tx=tx, schedule=schedule,
-                ema_decay=float(config.ema_decay), mean=mean, std=std, seed=int(config.seed),
+                ema_decay=float(config.ema_decay), mean=mean, std=std,
                 aux_weight=float(loss.get("aux_weight", 1.0)),
                 ohem_thresh=float(loss.get("ohem_thresh", 0.7)),
                 ohem_min_kept=float(loss.get("ohem_min_kept", 1 / 16)),
