@@ -58,6 +58,44 @@ def ohem_top_k(logits, labels, *, thresh, min_kept_fraction):
     return jnp.where(top[-1] > cut, mean_hard, jnp.mean(top[:n_min]))
 
 
+def resize_dense_matrix(x, size):
+    """The previous final upsampling: two dense interpolation matrices (a matmul with every
+    input row/column per output pixel)."""
+    import jax.numpy as jnp
+
+    from deepfake_jax.models.bisenet import align_corners_matrix
+
+    mh = jnp.asarray(align_corners_matrix(x.shape[1], size[0]), x.dtype)
+    mw = jnp.asarray(align_corners_matrix(x.shape[2], size[1]), x.dtype)
+    return jnp.einsum("wW,nhWc->nhwc", mw, jnp.einsum("hH,nHWc->nhWc", mh, x))
+
+
+def measure_resize(impl, in_size, out_size, batch, repeats):
+    """(forward, forward + backward) seconds of one align_corners bilinear resize of
+    (batch, in_size, in_size, 19) logits to out_size, medians."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from deepfake_jax.models.bisenet import bilinear_resize_align_corners
+
+    fn = resize_dense_matrix if impl == "dense" else bilinear_resize_align_corners
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((batch, in_size, in_size, 19)),
+                    jnp.float32)
+    fwd = jax.jit(lambda v: fn(v, (out_size, out_size)))
+    both = jax.jit(jax.grad(lambda v: jnp.sum(fn(v, (out_size, out_size)) ** 2)))
+    out = []
+    for f in (fwd, both):
+        jax.block_until_ready(f(x))
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            jax.block_until_ready(f(x))
+            times.append(time.perf_counter() - t0)
+        out.append(statistics.median(times))
+    return out
+
+
 def measure(variant, size, detail_stride, aux_at_input_size, ohem, thresh, batch, repeats):
     import jax
     import jax.numpy as jnp
@@ -106,6 +144,16 @@ def main(argv=None) -> None:
     for label, *spec in ROWS[args.rows]:
         seconds = measure(*spec, batch=args.batch, repeats=args.repeats)
         print(f"| {label:40s} | {seconds * 1e3:7.0f} | {args.batch / seconds:8.1f} |", flush=True)
+    print(f"\nbilinear resize (align_corners) of {args.batch} x 19-class logits, ms, median of "
+          f"{args.repeats}")
+    print("| resize        | implementation                | forward | fwd + bwd |")
+    print("|---------------|-------------------------------|--------:|----------:|")
+    for in_size, out_size in ((64, 128), (128, 256), (32, 256)):
+        for impl, name in (("dense", "dense matrices (previous)"),
+                           ("taps", "bilinear_resize_align_corners")):
+            fwd, both = measure_resize(impl, in_size, out_size, args.batch, args.repeats)
+            print(f"| {in_size:3d} -> {out_size:3d} px | {name:29s} | {fwd * 1e3:7.1f} | "
+                  f"{both * 1e3:9.1f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -25,11 +25,12 @@ BiSeNetOutput (``conv_out*``) = ConvBNReLU 3x3 + 1x1 conv (no bias) to the class
 The ResNet-18 is torchvision's without the ``fc`` (same blocks as ``models.resnet``).
 
 Resampling exactly as torch: nearest upsampling uses torch's index rule
-(``src = floor(dst * float32(in / out))``, ``dst >> 1`` at exactly 2x), and the final bilinear
-resize with ``align_corners=True`` is done with two small interpolation matrices (one per
-spatial axis; ``jax.image.resize`` has no align_corners). BatchNorm: epsilon 1e-5, flax
-momentum 0.9 == torch momentum 0.1 (torch updates ``running_var`` with the unbiased batch
-variance, flax with the biased one; eval outputs are identical).
+(``src = floor(dst * float32(in / out))``, ``dst >> 1`` at exactly 2x), and the bilinear
+resizes with ``align_corners=True`` (``jax.image.resize`` has none) are two-tap gathers per
+spatial axis with a gather-based gradient, or the interpolation matrix for large factors
+(``_align_corners_resampler``). BatchNorm: epsilon 1e-5, flax momentum 0.9 == torch
+momentum 0.1 (torch updates ``running_var`` with the unbiased batch variance, flax with the
+biased one; eval outputs are identical).
 
 Variants: ``"resnet18"`` (the reference: 13,300,416 parameters at 19 classes, ``nnx.Param`` only,
 verified against a PyTorch transcription of the reference in ``tests/test_bisenet.py``) and
@@ -138,12 +139,64 @@ def align_corners_matrix(in_size: int, out_size: int) -> np.ndarray:
     return m
 
 
+def _taps(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A sparse (out, in) matrix as per-row (indices, weights), padded with zero weights."""
+    width = max(1, int((m != 0).sum(axis=1).max()))
+    idx = np.zeros((m.shape[0], width), np.int32)
+    w = np.zeros((m.shape[0], width), np.float32)
+    for row in range(m.shape[0]):
+        cols = np.nonzero(m[row])[0]
+        idx[row, :len(cols)] = cols
+        w[row, :len(cols)] = m[row, cols]
+    return idx, w
+
+
+def _apply_taps(x: jax.Array, axis: int, idx: np.ndarray, w: np.ndarray) -> jax.Array:
+    shape = [1] * x.ndim
+    shape[axis] = idx.shape[0]
+    out = None
+    for k in range(idx.shape[1]):
+        term = jnp.take(x, idx[:, k], axis=axis) * jnp.asarray(w[:, k].reshape(shape), x.dtype)
+        out = term if out is None else out + term
+    return out
+
+
+# Gathers per input in the gradient above which the dense matrix is faster (measured on CPU:
+# 2x up-sampling needs 3-4 and gains ~3x; 8x needs ~17 and is slower than a matmul).
+_MAX_GRADIENT_TAPS = 4
+
+
+@functools.cache
+def _align_corners_resampler(in_size: int, out_size: int, axis: int) -> Callable:
+    """Linear resampling along one axis (1 or 2 of NHWC).
+
+    Each output is a weighted sum of at most 2 inputs, so a dense interpolation matrix (a
+    matmul with in_size terms per output) wastes most of its work, and a plain gather's
+    gradient is a scatter-add, slow on XLA CPU. For small factors both directions are gathers:
+    the gradient applies the transposed matrix the same way (each input gathers the few outputs
+    that read it). Large up-sampling factors (many outputs per input) keep the matmul.
+    """
+    m = align_corners_matrix(in_size, out_size)
+    forward, backward = _taps(m), _taps(m.T)
+    if backward[0].shape[1] > _MAX_GRADIENT_TAPS:
+        spec = "oi,nihc->nohc" if axis == 1 else "oi,nhic->nhoc"
+        return lambda x: jnp.einsum(spec, jnp.asarray(m, x.dtype), x)
+
+    @jax.custom_vjp
+    def resample(x):
+        return _apply_taps(x, axis, *forward)
+
+    resample.defvjp(lambda x: (resample(x), None),
+                    lambda _, g: (_apply_taps(g, axis, *backward),))
+    return resample
+
+
 def bilinear_resize_align_corners(x: jax.Array, size: tuple[int, int]) -> jax.Array:
     """NHWC ``F.interpolate(x, size, mode="bilinear", align_corners=True)``."""
-    mh = jnp.asarray(align_corners_matrix(x.shape[1], size[0]), x.dtype)
-    mw = jnp.asarray(align_corners_matrix(x.shape[2], size[1]), x.dtype)
-    x = jnp.einsum("hH,nHWc->nhWc", mh, x)
-    return jnp.einsum("wW,nhWc->nhwc", mw, x)
+    for axis, out_size in ((1, size[0]), (2, size[1])):
+        if x.shape[axis] != out_size:
+            x = _align_corners_resampler(x.shape[axis], out_size, axis)(x)
+    return x
 
 
 def _global_mean(x: jax.Array) -> jax.Array:
