@@ -84,13 +84,42 @@ def train_step(state: train.TrainState, batch: dict[str, jax.Array],
 
 
 def eval_step(state: train.TrainState, batch: dict[str, jax.Array], *, graphdef, use_ema: bool,
-              mean, std) -> jax.Array:
-    """(N, H, W) int32 labels at the input resolution."""
+              mean, std, window: int | None = None, stride: int | None = None,
+              flip: bool = False) -> jax.Array:
+    """(N, H, W) int32 labels at the input resolution: the argmax of one pass over the whole
+    image, or of probabilities averaged over `window`-pixel windows every `stride` pixels
+    and/or over the image and its mirror image (`config.eval.sliding_window`, `.flip`)."""
     params, batch_stats = ((state.ema_params, state.ema_batch_stats) if use_ema
                            else (state.params, state.batch_stats))
     model = nnx.merge(graphdef, params, batch_stats)
-    logits = model(train.normalize(batch["image"], mean, std), train=False)
-    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    images = train.normalize(batch["image"], mean, std)
+    if not window and not flip:
+        return jnp.argmax(model(images, train=False), axis=-1).astype(jnp.int32)
+
+    def probs(x):
+        if window:
+            return segmentation.sliding_window_probs(
+                lambda v: model(v, train=False), x, window, stride or window)
+        return jax.nn.softmax(model(x, train=False).astype(jnp.float32), axis=-1)
+
+    probs_fn = functools.partial(segmentation.flip_averaged, probs) if flip else probs
+    return jnp.argmax(probs_fn(images), axis=-1).astype(jnp.int32)
+
+
+def eval_view_options(config) -> dict[str, Any]:
+    """`config.eval`'s inference options for `eval_step`, checked: sliding_window (pixels,
+    a multiple of 32 for BiSeNet; None = whole image), sliding_stride (default: half the
+    window), flip (average with the mirror image)."""
+    ev = config.get("eval", ml_collections.ConfigDict())
+    window, stride = ev.get("sliding_window"), ev.get("sliding_stride")
+    if window is not None:
+        window = int(window)
+        stride = int(stride) if stride is not None else max(1, window // 2)
+        if window <= 0 or window % 32 or stride <= 0:
+            raise ValueError(f"config.eval.sliding_window must be a positive multiple of 32 "
+                             f"(BiSeNet's input rule) and config.eval.sliding_stride positive, "
+                             f"got {window} and {stride}")
+    return {"window": window, "stride": stride, "flip": bool(ev.get("flip", False))}
 
 
 def _mean_std(config) -> tuple[tuple, tuple]:
@@ -104,13 +133,17 @@ def make_eval_steps(config, mesh, graphdef, state_shardings) -> dict[bool, Any]:
     batch_sh = sharding.batch_sharding(mesh)
     return {
         use_ema: jax.jit(
-            functools.partial(eval_step, graphdef=graphdef, use_ema=use_ema, mean=mean, std=std),
+            functools.partial(eval_step, graphdef=graphdef, use_ema=use_ema, mean=mean, std=std,
+                              **eval_view_options(config)),
             in_shardings=(state_shardings, batch_sh), out_shardings=batch_sh)
         for use_ema in (False, True)
     }
 
 
 # ----------------------------------------------------------------------------- evaluation
+
+
+NUM_OVERLAYS = 8  # examples drawn in overlays.png
 
 
 def predict_split(eval_fn, state, mesh, files: list[str], preprocess: seg_pipeline.SegPreprocess,
@@ -150,12 +183,14 @@ def summary_line(m: dict[str, Any]) -> str:
 
 
 def evaluate_split(eval_fn, state, mesh, files: list[str], preprocess, batch_size: int,
-                   out_dir: str, *, num_classes: int, num_overlays: int = 8,
-                   extra: dict[str, Any] | None = None, progress: str | None = None
-                   ) -> dict[str, Any]:
-    """Metrics of one split; writes metrics.json, confusion_matrix.png and overlays.png."""
-    res = predict_split(eval_fn, state, mesh, files, preprocess, batch_size,
-                        num_classes=num_classes, keep_examples=num_overlays, progress=progress)
+                   out_dir: str, *, num_classes: int, num_overlays: int = NUM_OVERLAYS,
+                   extra: dict[str, Any] | None = None, progress: str | None = None,
+                   predictions: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Metrics of one split; writes metrics.json, confusion_matrix.png and overlays.png.
+    `predictions`: `predict_split`'s result for this state and split, if already computed."""
+    res = predictions or predict_split(eval_fn, state, mesh, files, preprocess, batch_size,
+                                       num_classes=num_classes, keep_examples=num_overlays,
+                                       progress=progress)
     cm = res["confusion_matrix"]
     class_names = segmentation.PARSING_CLASSES[:num_classes]
     m = segmentation.segmentation_metrics(cm, class_names)
@@ -216,6 +251,7 @@ class SegmentationTask:
         self.config = config
         self.preprocess = seg_pipeline.SegPreprocess.from_config(config.input)
         self.num_classes = int(config.num_classes)
+        self._last_validation: tuple[int, tuple, dict] | None = None  # (step, files, result)
 
     def prepare_data(self, workdir: str) -> str:
         return prepare_data(self.config, workdir)
@@ -245,7 +281,10 @@ class SegmentationTask:
 
     def validate(self, eval_fn, state, mesh, val_files: list[str]) -> dict[str, Any]:
         res = predict_split(eval_fn, state, mesh, val_files, self.preprocess,
-                            self.config.input.eval_batch_size, num_classes=self.num_classes)
+                            self.config.input.eval_batch_size, num_classes=self.num_classes,
+                            keep_examples=NUM_OVERLAYS)
+        # the final evaluation of the same state reuses this pass (slow with sliding windows)
+        self._last_validation = (int(jax.device_get(state.step)), tuple(val_files), res)
         m = segmentation.segmentation_metrics(res["confusion_matrix"],
                                               segmentation.PARSING_CLASSES[:self.num_classes])
         return {"val_miou": m["miou"], "val_mean_f1_face": m["mean_f1_face"],
@@ -258,11 +297,15 @@ class SegmentationTask:
         for split in (config.data.val_split, config.data.test_split):
             if not split:
                 continue
+            files = records.split_files(dataset_dir, split)
+            last = self._last_validation
+            reuse = last is not None and last[:2] == (int(jax.device_get(state.step)),
+                                                      tuple(files))
             m = evaluate_split(
-                eval_fn, state, mesh, records.split_files(dataset_dir, split), self.preprocess,
-                config.input.eval_batch_size, os.path.join(workdir, "eval", split),
-                num_classes=self.num_classes,
-                extra={"split": split, "use_ema": bool(config.eval.use_ema)})
+                eval_fn, state, mesh, files, self.preprocess, config.input.eval_batch_size,
+                os.path.join(workdir, "eval", split), num_classes=self.num_classes,
+                extra={"split": split, "use_ema": bool(config.eval.use_ema)},
+                predictions=last[2] if reuse else None)
             results[split] = m
             logging.info("final %s: %s", split, summary_line(m))
             writer.write(step, f"final_{split}", {

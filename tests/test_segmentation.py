@@ -294,6 +294,65 @@ def test_miou_and_f1_match_hand_computation():
     assert m["pixel_accuracy"] == pytest.approx(8 / 11)
 
 
+# ----------------------------------------------------------------------------- inference views
+
+
+def test_window_starts_cover_the_side_and_end_at_the_border():
+    assert segmentation.window_starts(256, 128, 64) == [0, 64, 128]
+    assert segmentation.window_starts(256, 128, 96) == [0, 96, 128]  # last one moved to fit
+    assert segmentation.window_starts(96, 128, 64) == [0]  # the window covers the side
+    with pytest.raises(ValueError, match="positive"):
+        segmentation.window_starts(256, 128, 0)
+
+
+def test_sliding_window_probs_average_each_pixels_windows():
+    # logits of class 1 = the window's mean input (window-dependent), class 0 = 0
+    def logits_fn(x):
+        m = jnp.mean(x, axis=(1, 2, 3), keepdims=True) * jnp.ones(x.shape[:3] + (1,))
+        return jnp.concatenate([jnp.zeros_like(m), m], axis=-1)
+
+    images = np.zeros((1, 6, 4, 1), np.float32)
+    images[0, :2] = 3.0  # rows 0-1 bright
+    got = np.asarray(segmentation.sliding_window_probs(logits_fn, jnp.asarray(images), 4, 2))
+    # windows (4 x 4, every 2 rows): rows 0-3 (mean 1.5) and rows 2-5 (mean 0)
+    p1 = 1 / (1 + np.exp(-1.5))
+    want_rows = np.array([p1, p1, (p1 + 0.5) / 2, (p1 + 0.5) / 2, 0.5, 0.5])
+    np.testing.assert_allclose(got[0, :, :, 1], want_rows[:, None].repeat(4, 1), rtol=1e-6)
+    np.testing.assert_allclose(got.sum(-1), 1.0, rtol=1e-6)
+    # a per-pixel network gets the same answer from any window: the whole image's softmax
+    pixelwise = lambda x: jnp.concatenate([x, -x], axis=-1)  # noqa: E731
+    rand = jnp.asarray(np.random.default_rng(0).normal(size=(2, 8, 8, 1)), jnp.float32)
+    np.testing.assert_allclose(segmentation.sliding_window_probs(pixelwise, rand, 4, 2),
+                               jax.nn.softmax(pixelwise(rand), axis=-1), rtol=1e-5, atol=1e-6)
+
+
+def test_flip_average_swaps_left_and_right_classes_back():
+    # a "network" that calls every bright pixel l_eye: in the mirror image the same part
+    # is the subject's other eye, so the average is half l_eye, half r_eye
+    def probs_fn(x):
+        return jax.nn.one_hot(jnp.where(x[..., 0] > 0, C["l_eye"], 0), 19)
+
+    images = np.zeros((1, 4, 6, 1), np.float32)
+    images[0, 1, 1] = 1.0
+    got = np.asarray(segmentation.flip_averaged(probs_fn, jnp.asarray(images)))
+    assert got[0, 1, 1, C["l_eye"]] == got[0, 1, 1, C["r_eye"]] == 0.5
+    assert got[0, 1, 4, 0] == 1.0  # the mirror position stays background
+    np.testing.assert_allclose(got.sum(-1), 1.0)
+
+
+def test_eval_view_options_are_checked():
+    import ml_collections
+
+    from deepfake_jax.seg_train import eval_view_options
+
+    config = ml_collections.ConfigDict({"eval": {"sliding_window": 128, "flip": True}})
+    assert eval_view_options(config) == {"window": 128, "stride": 64, "flip": True}
+    assert eval_view_options(ml_collections.ConfigDict({"eval": {}}))["window"] is None
+    config.eval.sliding_window = 100
+    with pytest.raises(ValueError, match="multiple of 32"):
+        eval_view_options(config)
+
+
 def test_region_boxes_use_the_largest_part():
     lab = np.zeros((20, 20), np.uint8)
     lab[2:5, 3:9] = C["l_eye"]
