@@ -292,6 +292,42 @@ def test_bilinear_resize_gradient_matches_torch():
                                    atol=1e-5, err_msg=f"gradient {size}")
 
 
+def test_conv_grid_upsampling_puts_each_feature_on_the_pixel_its_conv_centred_on():
+    """A stride-s conv with symmetric padding centres output i on pixel s * i; "conv_grid"
+    up-sampling maps it back there (a ramp survives exactly), align_corners drifts by up to
+    s - 1 pixels across the map. Gradients of the gather form equal the dense matrix's."""
+    from deepfake_jax.models.bisenet import bilinear_resize, conv_grid_matrix
+
+    np.testing.assert_allclose(conv_grid_matrix(3, 6), [[1, 0, 0], [.5, .5, 0], [0, 1, 0],
+                                                        [0, .5, .5], [0, 0, 1], [0, 0, 1]])
+    ramp = jnp.tile(jnp.arange(64, dtype=jnp.float32)[None, :, None, None], (1, 1, 64, 1))
+    for s, k in ((2, 7), (4, 3), (8, 3)):  # the stem's 7x7 / 2, 3x3 strided convs
+        delta = jnp.zeros((k, k, 1, 1)).at[k // 2, k // 2, 0, 0].set(1.0)
+        feat = jax.lax.conv_general_dilated(ramp, delta, (s, s), [(k // 2, k // 2)] * 2,
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        grid = np.asarray(bilinear_resize(feat, (64, 64), "conv_grid"))[0, :, 0, 0]
+        np.testing.assert_allclose(grid[:64 - s + 1], np.arange(64 - s + 1), atol=1e-5)
+        aligned = np.asarray(bilinear_resize_align_corners(feat, (64, 64)))[0, :, 0, 0]
+        drift = np.arange(64) - aligned
+        assert abs(drift[-1] - (s - 1)) < 1e-4 and abs(drift[0]) < 1e-6, (s, drift)
+
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.standard_normal((2, 8, 12, 3)), jnp.float32)
+    for size in [(16, 24), (64, 12), (4, 6)]:
+        g = jnp.asarray(rng.standard_normal((2, *size, 3)), jnp.float32)
+        mh, mw = (jnp.asarray(conv_grid_matrix(n, m), jnp.float32)
+                  for n, m in zip(x.shape[1:3], size, strict=True))
+        dense = lambda v, mh=mh, mw=mw: jnp.einsum("hH,nHWc,wW->nhwc", mh, v, mw)  # noqa: E731
+        value, vjp = jax.vjp(functools.partial(bilinear_resize, size=size, mode="conv_grid"), x)
+        np.testing.assert_allclose(value, dense(x), atol=1e-5, err_msg=f"value {size}")
+        np.testing.assert_allclose(vjp(g)[0], jax.vjp(dense, x)[1](g)[0], atol=1e-5,
+                                   err_msg=f"gradient {size}")
+    with pytest.raises(ValueError, match="Unknown upsampling 'nearest'"):
+        bilinear_resize(x, (16, 24), "nearest")
+    with pytest.raises(ValueError, match="upsample must be one of align_corners, conv_grid"):
+        BiSeNet("tiny", 19, rngs=nnx.Rngs(0), upsample="bicubic")
+
+
 # ----------------------------------------------------------------------------- import
 def test_safetensors_and_pth_load_the_same(tmp_path, tiny_checkpoint):
     pytest.importorskip("torch", reason="PyTorch is needed to write the checkpoint")
