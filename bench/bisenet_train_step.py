@@ -10,7 +10,10 @@ reference's ``top_k`` over every pixel (its loss selects the hardest pixels by s
 `segmentation.ohem_cross_entropy` (a bisection over float bit patterns: counting passes only),
 once where more than `n_min` pixels are hard (threshold 0.7 on random logits: the mean of the
 hard pixels is the loss) and once where few are (threshold 1e-9: the mean of the `n_min`
-largest). Machines are shared and noisy: note the load average printed with the table.
+largest). The last quarter-width rows add the recipe's soft-IoU term on the main output, once
+with its own softmax and once fused with the OHEM cross-entropy (`ohem_and_soft_jaccard`: one
+log-softmax, one one-hot), the recipe's step. Machines are shared and noisy: note the load
+average printed with the table.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-# (label, variant, size, detail_stride, aux_at_input_size, ohem implementation, threshold)
+# (label, variant, size, detail_stride, aux_at_input_size, ohem implementation, threshold,
+#  soft-IoU term: None / "apart" (its own softmax) / "fused" (`ohem_and_soft_jaccard`), upsample)
 ROWS = {
     "default": [
         ("tiny, top_k OHEM, many hard", "tiny", 256, 8, True, "top_k", 0.7),
@@ -34,7 +38,10 @@ ROWS = {
         ("resnet18 (reference), 128 px", "resnet18", 128, 8, True, "count", 0.7),
         ("quarter, 128 px", "quarter", 128, 8, True, "count", 0.7),
         ("quarter + detail_stride 2, 128 px", "quarter", 128, 2, True, "count", 0.7),
-        ("  + aux losses on own grids (recipe)", "quarter", 128, 2, False, "count", 0.7),
+        ("  + aux losses on own grids", "quarter", 128, 2, False, "count", 0.7),
+        ("  + soft-IoU term apart (previous)", "quarter", 128, 2, False, "count", 0.7, "apart"),
+        ("  + soft-IoU fused, conv_grid (recipe)", "quarter", 128, 2, False, "count", 0.7,
+         "fused", "conv_grid"),
         ("quarter + detail_stride 2, 256 px", "quarter", 256, 2, True, "count", 0.7),
     ],
 }
@@ -96,7 +103,8 @@ def measure_resize(impl, in_size, out_size, batch, repeats):
     return out
 
 
-def measure(variant, size, detail_stride, aux_at_input_size, ohem, thresh, batch, repeats):
+def measure(variant, size, detail_stride, aux_at_input_size, ohem, thresh, jaccard=None,
+            upsample="align_corners", *, batch, repeats):
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -106,7 +114,8 @@ def measure(variant, size, detail_stride, aux_at_input_size, ohem, thresh, batch
     from deepfake_jax.models.bisenet import BiSeNet
     from deepfake_jax.seg_train import subsample_labels
 
-    model = BiSeNet(variant, 19, rngs=nnx.Rngs(0), detail_stride=detail_stride)
+    model = BiSeNet(variant, 19, rngs=nnx.Rngs(0), detail_stride=detail_stride,
+                    upsample=upsample)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     params, rest = nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
     rng = np.random.default_rng(0)
@@ -118,9 +127,14 @@ def measure(variant, size, detail_stride, aux_at_input_size, ohem, thresh, batch
     @jax.jit
     @jax.value_and_grad
     def step(params, rest):
-        heads = nnx.merge(graphdef, params, rest).all_heads(
+        out, *aux = nnx.merge(graphdef, params, rest).all_heads(
             x, train=True, aux_at_input_size=aux_at_input_size)
-        return sum(loss_of(h, subsample_labels(y, h.shape[1:3])) for h in heads)
+        loss = sum(loss_of(h, subsample_labels(y, h.shape[1:3])) for h in aux)
+        if jaccard == "fused":
+            return loss + sum(segmentation.ohem_and_soft_jaccard(
+                out, y, thresh=thresh, min_kept_fraction=1 / 16))
+        loss = loss + loss_of(out, y)
+        return loss + (segmentation.soft_jaccard_loss(out, y) if jaccard == "apart" else 0.0)
 
     jax.block_until_ready(step(params, rest))
     times = []

@@ -37,12 +37,15 @@ from deepfake_jax import records, seg_pipeline, segmentation, sharding, train
 
 
 def subsample_labels(labels: jax.Array, size: tuple[int, int]) -> jax.Array:
-    """(N, H, W) labels at a coarser (h, w) grid: the pixel at each cell's centre (no mixing of
-    classes, unlike an image resize). The identity at the same size."""
+    """(N, H, W) labels on a coarser (h, w) feature grid: the pixel each feature is centred on
+    (no mixing of classes, unlike an image resize). A conv with torch's symmetric padding and
+    stride s centres output i on input pixel s * i (`models.bisenet.conv_grid_matrix`), so that
+    is ``labels[::s, ::s]``; the cell centre ``s * i + s // 2`` would teach the auxiliary heads
+    labels s/2 pixels away (4 and 8 at 1/8 and 1/16). The identity at the same size."""
     sh, sw = labels.shape[1] // size[0], labels.shape[2] // size[1]
     if sh * size[0] != labels.shape[1] or sw * size[1] != labels.shape[2]:
         raise ValueError(f"labels {labels.shape[1:]} are not a multiple of the grid {size}")
-    return labels[:, sh // 2::sh, sw // 2::sw]
+    return labels[:, ::sh, ::sw]
 
 
 def train_step(state: train.TrainState, batch: dict[str, jax.Array],
@@ -60,11 +63,14 @@ def train_step(state: train.TrainState, batch: dict[str, jax.Array],
         # BiSeNet has no stochastic layers: no dropout key
         out, aux16, aux32 = model.all_heads(images, train=True,
                                             aux_at_input_size=aux_at_input_size)
-        main = loss_of(out, labels)
+        if jaccard_weight:
+            main, jaccard = segmentation.ohem_and_soft_jaccard(
+                out, labels, thresh=ohem_thresh, min_kept_fraction=ohem_min_kept)
+        else:
+            main, jaccard = loss_of(out, labels), 0.0
         loss = main + aux_weight * (loss_of(aux16, subsample_labels(labels, aux16.shape[1:3]))
                                     + loss_of(aux32, subsample_labels(labels, aux32.shape[1:3])))
-        if jaccard_weight:
-            loss = loss + jaccard_weight * segmentation.soft_jaccard_loss(out, labels)
+        loss = loss + jaccard_weight * jaccard
         new_batch_stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
         return loss, (main, jnp.argmax(out, axis=-1), new_batch_stats)
 

@@ -99,7 +99,7 @@ class FaceParser:
             for k, lab in enumerate(labels):
                 if (h, w) != lab.shape:
                     lab = cv2.resize(lab.astype(np.uint8), (w, h),
-                                     interpolation=cv2.INTER_NEAREST)
+                                     interpolation=cv2.INTER_NEAREST_EXACT)
                 out[start + k] = lab
         return out
 
