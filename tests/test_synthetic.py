@@ -152,6 +152,22 @@ def test_label_maps_cover_face_parts():
         assert present[k] >= 0.8 * n, (k, present[k])
 
 
+def test_label_maps_are_reduced_like_the_image():
+    """A pixel is labelled with its supersamples' majority class (ties: the lower id), so on a
+    binary map the label is 1 exactly where the INTER_AREA-reduced image is above one half;
+    the top-left supersample (cv2.INTER_NEAREST) disagrees along every boundary."""
+    import cv2
+
+    fine = (np.random.default_rng(0).random((64, 64)) < 0.5).astype(np.uint8)
+    area = cv2.resize(fine.astype(np.float32), (32, 32), interpolation=cv2.INTER_AREA)
+    np.testing.assert_array_equal(syn.block_majority(fine, 2), area > 0.5)
+    assert (cv2.resize(fine, (32, 32), interpolation=cv2.INTER_NEAREST) != (area > 0.5)).any()
+    blocks = np.array([[1, 1, 2, 3, 5, 4], [1, 2, 3, 3, 4, 5]], np.uint8)
+    np.testing.assert_array_equal(syn.block_majority(blocks, 2), [[1, 3, 4]])
+    three = np.arange(9, dtype=np.uint8).reshape(3, 3) % 2  # 5 zeros, 4 ones
+    np.testing.assert_array_equal(syn.block_majority(three, 3), [[0]])
+
+
 def test_ciplab_fake_changes_only_edited_regions():
     rng = np.random.default_rng(3)
     base, _, info = syn.render_face(np.random.default_rng(3), 64)
