@@ -40,11 +40,11 @@ and 64 / 32 / 16 context channels: CPU budgets; ``"tiny"`` is for tests).
 ``upsample`` (ours; ``"align_corners"`` = the reference): ``"conv_grid"`` makes every
 up-sampling (the detail steps, the outputs, and the context path's x2 steps, nearest in the
 reference) linear and puts feature i of a stride-s map back on pixel ``s * i``, where the
-convs centred it (``conv_grid_matrix``). ``align_corners=True``
-drifts from that grid by up to s - 1 pixels across the map, a shift that depends on the
-position and that the network cannot learn away; at 1-3-pixel parts it caps mean IoU
-(perfect stride-2 features score 0.84 on generated faces through it, 0.97 on the grid).
-Both import the reference checkpoint; only ``"align_corners"`` reproduces its outputs.
+convs centred it (``conv_grid_matrix``). ``align_corners=True`` drifts from that grid by up to
+s - 1 pixels across the map, a shift that depends on the position and that the network cannot
+learn away; at 1-3-pixel parts it caps mean IoU (perfect stride-2 features score 0.84 on
+generated faces through it, 0.97 on the grid). Both import the reference checkpoint; only
+``"align_corners"`` reproduces its outputs.
 
 ``detail_stride`` (ours; 8 = the reference): 4 or 2 add a small decoder after the fusion --
 ``detail4 = ConvBNReLU3x3(concat[bilinear_up(fuse), layer1 output])`` at 1/4 (context
