@@ -138,7 +138,11 @@ def soft_jaccard_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
     labels = labels.reshape(-1)
     valid = (labels != IGNORE_LABEL)[:, None]
     onehot = jax.nn.one_hot(jnp.where(valid[:, 0], labels, 0), num_classes) * valid
-    probs = probs * valid
+    return _soft_jaccard(probs * valid, onehot)
+
+
+def _soft_jaccard(probs: jax.Array, onehot: jax.Array) -> jax.Array:
+    """1 - mean soft IoU over the classes present; (pixels, classes), 0 rows where ignored."""
     inter = jnp.sum(probs * onehot, axis=0)
     union = jnp.sum(probs + onehot, axis=0) - inter
     present = jnp.sum(onehot, axis=0) > 0
@@ -158,12 +162,7 @@ def ohem_and_soft_jaccard(logits: jax.Array, labels: jax.Array, *, thresh: float
     onehot = jax.nn.one_hot(jnp.where(valid, labels, 0), num_classes) * valid[:, None]
     log_probs = jax.nn.log_softmax(logits, axis=-1)
     cross_entropy = jnp.maximum(-jnp.sum(log_probs * onehot, axis=-1), 0.0)  # 0 where ignored
-    probs = jnp.exp(log_probs) * valid[:, None]
-    inter = jnp.sum(probs * onehot, axis=0)
-    union = jnp.sum(probs + onehot, axis=0) - inter
-    present = jnp.sum(onehot, axis=0) > 0
-    iou = jnp.where(present, inter / jnp.maximum(union, 1e-6), 0.0)
-    jaccard = 1.0 - jnp.sum(iou) / jnp.maximum(jnp.sum(present), 1)
+    jaccard = _soft_jaccard(jnp.exp(log_probs) * valid[:, None], onehot)
     return _ohem_mean(cross_entropy, thresh, min_kept_fraction), jaccard
 
 
