@@ -91,15 +91,17 @@ def train_step(state: train.TrainState, batch: dict[str, jax.Array],
 
 def eval_step(state: train.TrainState, batch: dict[str, jax.Array], *, graphdef, use_ema: bool,
               mean, std, window: int | None = None, stride: int | None = None,
-              flip: bool = False) -> jax.Array:
+              flip: bool = False, scales: tuple[float, ...] = (1.0,)) -> jax.Array:
     """(N, H, W) int32 labels at the input resolution: the argmax of one pass over the whole
-    image, or of probabilities averaged over `window`-pixel windows every `stride` pixels
-    and/or over the image and its mirror image (`config.eval.sliding_window`, `.flip`)."""
+    image, or of probabilities averaged over `window`-pixel windows every `stride` pixels,
+    and/or over the image and its mirror image, and/or over input `scales`
+    (`config.eval.sliding_window`, `.flip`, `.scales`)."""
     params, batch_stats = ((state.ema_params, state.ema_batch_stats) if use_ema
                            else (state.params, state.batch_stats))
     model = nnx.merge(graphdef, params, batch_stats)
     images = train.normalize(batch["image"], mean, std)
-    if not window and not flip:
+    scales = tuple(scales)
+    if not window and not flip and scales == (1.0,):
         return jnp.argmax(model(images, train=False), axis=-1).astype(jnp.int32)
 
     def probs(x):
@@ -109,13 +111,16 @@ def eval_step(state: train.TrainState, batch: dict[str, jax.Array], *, graphdef,
         return jax.nn.softmax(model(x, train=False).astype(jnp.float32), axis=-1)
 
     probs_fn = functools.partial(segmentation.flip_averaged, probs) if flip else probs
+    if scales != (1.0,):
+        probs_fn = functools.partial(segmentation.multiscale_averaged, probs_fn, scales=scales)
     return jnp.argmax(probs_fn(images), axis=-1).astype(jnp.int32)
 
 
 def eval_view_options(config) -> dict[str, Any]:
     """`config.eval`'s inference options for `eval_step`, checked: sliding_window (pixels,
     a multiple of 32 for BiSeNet; None = whole image), sliding_stride (default: half the
-    window), flip (average with the mirror image)."""
+    window), flip (average with the mirror image), scales (input scales to average; default
+    (1.0,), one pass at the input size)."""
     ev = config.get("eval", ml_collections.ConfigDict())
     window, stride = ev.get("sliding_window"), ev.get("sliding_stride")
     if window is not None:
@@ -125,7 +130,17 @@ def eval_view_options(config) -> dict[str, Any]:
             raise ValueError(f"config.eval.sliding_window must be a positive multiple of 32 "
                              f"(BiSeNet's input rule) and config.eval.sliding_stride positive, "
                              f"got {window} and {stride}")
-    return {"window": window, "stride": stride, "flip": bool(ev.get("flip", False))}
+    scales = ev.get("scales")
+    scales = (1.0,) if scales is None else scales
+    try:
+        scales = tuple(float(v) for v in scales)
+    except (TypeError, ValueError):
+        scales = ()
+    if not scales or min(scales) <= 0:
+        raise ValueError(f"config.eval.scales must be a non-empty list of positive input "
+                         f"scales, e.g. (1.0, 1.25), got {ev.get('scales')!r}")
+    return {"window": window, "stride": stride, "flip": bool(ev.get("flip", False)),
+            "scales": scales}
 
 
 def _mean_std(config) -> tuple[tuple, tuple]:

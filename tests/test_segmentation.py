@@ -387,14 +387,45 @@ def test_flip_average_swaps_left_and_right_classes_back():
     np.testing.assert_allclose(got.sum(-1), 1.0)
 
 
+def test_multiscale_average_keeps_boundaries_in_place():
+    # a step edge at column 32 and a pixelwise "classifier" (probability of class 1 = value):
+    # resized x2 (and x0.75) and back on pixel centres, the edge stays between columns 31 and
+    # 32 and the two sides stay mirror images of each other (an align_corners-style resampling
+    # would move it)
+    images = np.zeros((1, 32, 64, 1), np.float32)
+    images[..., 32:, 0] = 1.0
+
+    def probs_fn(x):
+        return jnp.concatenate([1.0 - x, x], axis=-1)
+
+    single = np.asarray(segmentation.multiscale_averaged(probs_fn, jnp.asarray(images), (1.0,)))
+    np.testing.assert_array_equal(single, probs_fn(images))
+    for scales in ((1.0, 2.0), (0.75, 1.0, 2.0)):
+        got = np.asarray(segmentation.multiscale_averaged(probs_fn, jnp.asarray(images), scales))
+        assert got.shape == (1, 32, 64, 2)
+        np.testing.assert_allclose(got.sum(-1), 1.0, atol=1e-6)
+        np.testing.assert_array_equal(got[0, 0].argmax(-1), (np.arange(64) >= 32).astype(int))
+        np.testing.assert_allclose(got[0, 0, :32, 1], got[0, 0, 32:, 0][::-1], atol=1e-6)
+        assert 0.0 < got[0, 0, 31, 1] < 0.5  # the edge is blurred by the resampling, not moved
+    assert [segmentation.scaled_size(256, s) for s in (1.0, 1.25, 1.1, 0.75)] == [256, 320, 288,
+                                                                                  192]
+    assert segmentation.scaled_size(100, 0.1) == 32
+
+
 def test_eval_view_options_are_checked():
     import ml_collections
 
     from deepfake_jax.seg_train import eval_view_options
 
     config = ml_collections.ConfigDict({"eval": {"sliding_window": 128, "flip": True}})
-    assert eval_view_options(config) == {"window": 128, "stride": 64, "flip": True}
+    assert eval_view_options(config) == {"window": 128, "stride": 64, "flip": True,
+                                         "scales": (1.0,)}
     assert eval_view_options(ml_collections.ConfigDict({"eval": {}}))["window"] is None
+    config.eval.scales = (1, 1.25)
+    assert eval_view_options(config)["scales"] == (1.0, 1.25)
+    for bad in ((1.0, -0.5), (), "1.25", 1.25):
+        with pytest.raises(ValueError, match="config.eval.scales must be"):
+            eval_view_options(ml_collections.ConfigDict({"eval": {"scales": bad}}))
     config.eval.sliding_window = 100
     with pytest.raises(ValueError, match="multiple of 32"):
         eval_view_options(config)
