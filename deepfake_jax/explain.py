@@ -345,8 +345,10 @@ class HeatmapWriter:
         if self.parser is not None:
             labels = np.asarray(self.parser.parse(np.stack(views)))
             if labels.shape[1:] != maps.shape[1:]:  # a parser working at its own resolution
+                # the class under each heat pixel's centre (cv2.INTER_NEAREST would read its
+                # top-left corner: regions shifted up and left, as in seg_pipeline)
                 labels = np.stack([cv2.resize(lab.astype(np.uint8), maps.shape[:0:-1],
-                                              interpolation=cv2.INTER_NEAREST)
+                                              interpolation=cv2.INTER_NEAREST_EXACT)
                                    for lab in labels])
             shares = region_shares(maps, labels, self.groups)
             for i, row in enumerate(rows):

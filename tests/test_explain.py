@@ -246,3 +246,23 @@ def test_predict_heatmaps_and_region_shares(trained_workdir, tmp_path, monkeypat
         "x_heatmap.png", "x_2_heatmap.png", "x_3_heatmap.png"]
     with pytest.raises(ValueError, match="add --heatmaps"):
         predict.predict_paths(workdir, [str(src)], segmentation_workdir=str(seg))
+
+
+def test_heatmap_writer_reads_parser_labels_at_heat_pixel_centres(tmp_path):
+    # a parser at twice the heatmap's resolution: heat pixel j covers label columns 2j, 2j+1;
+    # its centre falls in column 2j + 1 (odd columns are "nose"), the top-left in 2j
+    from deepfake_jax.segmentation import PARSING_CLASSES
+
+    class Parser:
+        def parse(self, images):
+            labels = np.zeros((len(images), 8, 8), np.int32)
+            labels[:, :, 1::2] = PARSING_CLASSES.index("nose")
+            return labels
+
+    writer = explain.HeatmapWriter(str(tmp_path))
+    writer.parser = Parser()
+    heat = np.ones((1, 4, 4), np.float32)
+    row, = writer(["a.png"], [np.zeros((4, 4, 3), np.uint8)], heat)
+    assert row["area_share_nose"] == 1.0 and row["heat_share_nose"] == pytest.approx(1.0)
+    assert os.path.exists(row["heatmap"])
+
