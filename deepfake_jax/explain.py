@@ -61,6 +61,16 @@ def _is_vit(model) -> bool:
     return hasattr(model, "attention_maps") and hasattr(model, "pool_tokens")
 
 
+def check_heatmap_support(model) -> None:
+    """ValueError unless `model` (an abstract one is enough) has an explanation: attention
+    rollout (ViT) or Grad-CAM (a CNN family with `feature_map` / `pool_feature_map`)."""
+    if _is_vit(model) or (hasattr(model, "feature_map") and hasattr(model, "pool_feature_map")):
+        return
+    raise ValueError(f"{type(model).__name__} has no heatmap: attention rollout needs a ViT and "
+                     "Grad-CAM a CNN family (resnet, densenet, xception, vgg, cnn) with "
+                     "feature_map/pool_feature_map")
+
+
 def _check_images(images) -> None:
     if getattr(images, "ndim", None) != 4:
         raise ValueError(f"images must be a (N, H, W, C) batch, got shape "

@@ -190,6 +190,12 @@ def predict_paths(workdir: str, paths: list[str], *, checkpoint: str = "latest",
     if segmentation_workdir and not heatmaps_dir:
         raise ValueError("--segmentation_workdir gives region shares of heatmaps: "
                          "add --heatmaps OUTDIR")
+    if heatmaps_dir:  # before any image is read, not at the first batch's heatmaps
+        try:
+            explain.check_heatmap_support(train.abstract_model(config))
+        except ValueError as e:
+            raise ValueError(f"--heatmaps with the {config.model_name!r} run in {workdir}: "
+                             f"{e}") from e
     heatmap_writer = (explain.HeatmapWriter(heatmaps_dir, segmentation_workdir)
                       if heatmaps_dir else None)
     scorer = None

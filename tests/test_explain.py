@@ -266,3 +266,21 @@ def test_heatmap_writer_reads_parser_labels_at_heat_pixel_centres(tmp_path):
     assert row["area_share_nose"] == 1.0 and row["heat_share_nose"] == pytest.approx(1.0)
     assert os.path.exists(row["heatmap"])
 
+
+
+def test_heatmaps_are_refused_before_any_image_for_a_model_without_one(tmp_path):
+    from configs import small_cnn, small_data_faces
+    from deepfake_jax import predict, train
+
+    explain.check_heatmap_support(train.abstract_model(small_cnn.get_config("tiny")))  # Grad-CAM
+    config = small_data_faces.get_config("tiny")  # the co-occurrence model: no feature map
+    with pytest.raises(ValueError, match="has no heatmap"):
+        explain.check_heatmap_support(train.abstract_model(config))
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (workdir / "config.json").write_text(config.to_json())
+    image = tmp_path / "a.png"
+    cv2.imwrite(str(image), np.zeros((32, 32, 3), np.uint8))
+    with pytest.raises(ValueError, match="'cooccurrence' run .* has no heatmap: .*Grad-CAM"):
+        predict.predict_paths(str(workdir), [str(image)], heatmaps_dir=str(tmp_path / "maps"))
+    assert not (tmp_path / "maps").exists()  # refused before the writer made its folder
