@@ -16,7 +16,7 @@ parsing"); trained on 128-px crops of the 256-px faces; OHEM cross-entropy as in
 the reference plus a soft-IoU term; auxiliary losses on the auxiliary heads' own grids; mild
 scale and colour jitter (the generator already varies faces); inference on the whole 256-px
 face averaged with its mirror image (`config.eval`; `scales` adds multi-scale inference).
-Seeds 0/1/2: test mIoU 0.809/0.810/0.807, the default run 8:55 from scratch.
+Seeds 0/1/2: test mIoU 0.809/0.810/0.807; the default run took 8:55 and 9:01 from scratch.
 Measurements, and how much one run varies, in README "Face parsing".
 "celebamask": the full ResNet-18 BiSeNet at 512 px, SGD + poly decay as in the reference;
 point `config.data.dir` at `python -m data_prep.celebamask` output.
