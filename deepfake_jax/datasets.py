@@ -42,6 +42,19 @@ def prepare(config, workdir: str) -> str:
     return out_dir
 
 
+def prepare_single(config, workdir: str, purpose: str) -> str:
+    """`prepare` for jobs that need one dataset folder (k-fold re-splits it, a search hands it
+    to every trial): a clear error, naming `purpose`, when `config.data.mix` is set."""
+    domains = domain_mix.domains_of(config)
+    if domains:
+        raise ValueError(
+            f"{purpose} needs one converted dataset (config.data.dir, or the generated faces), "
+            f"but config.data.mix combines {len(domains)} domains "
+            f"({', '.join(d.name for d in domains)}): convert them into one folder with "
+            "data_prep.convert, or unset config.data.mix")
+    return prepare(config, workdir)
+
+
 def split_files(config, dataset_dir: str, split: str) -> list[str]:
     """The shards of `split`: of `dataset_dir` (from `prepare`), or with `config.data.mix`
     every domain's, concatenated in mix order."""

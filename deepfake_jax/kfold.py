@@ -94,7 +94,7 @@ def run_kfold(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
 
     k = int(config.kfold)
     workdir = os.path.abspath(workdir)
-    dataset_dir = datasets.prepare(config, workdir)
+    dataset_dir = datasets.prepare_single(config, workdir, f"{k}-fold cross-validation")
     folds_root = os.path.join(workdir, "folds_data")
     if jax.process_index() == 0:
         folds.make_folds(dataset_dir, folds_root, k=k, seed=int(config.seed))

@@ -139,7 +139,8 @@ def run_search(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str
                          "deepfake_jax/search.py for the format)")
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
-    data_dir = datasets.prepare(config, workdir)  # generated once, shared by every trial
+    # generated once, shared by every trial
+    data_dir = datasets.prepare_single(config, workdir, "the hyper-parameter search")
     sampler = optuna.samplers.TPESampler(seed=int(config.seed))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(

@@ -124,6 +124,27 @@ def test_config_errors(tiny_dataset, tmp_path):
         datasets.prepare(config, str(tmp_path))
 
 
+def test_kfold_and_search_refuse_a_mix_up_front(tiny_dataset, second_dataset, tmp_path):
+    # both need one folder (k-fold re-splits it, a search hands it to every trial): a clear
+    # error before anything runs, not one from deep inside the fold writer or a trial
+    import ml_collections
+
+    from deepfake_jax import kfold, search
+
+    config = default.get_config("tiny")
+    config.data.mix = (("big", tiny_dataset, 0.5), ("small", second_dataset, 0.5))
+    config.kfold = 3
+    with pytest.raises(ValueError, match=r"3-fold cross-validation needs one converted dataset.*"
+                                         r"combines 2 domains \(big, small\)"):
+        kfold.run_kfold(config, str(tmp_path / "cv"))
+    assert not (tmp_path / "cv" / "folds_data").exists()
+    config.search = ml_collections.ConfigDict(dict(
+        space=(("optimizer.learning_rate", "log_float", 1e-4, 1e-2),), num_trials=1,
+        direction="maximize", metric="roc_auc", split="valid"))
+    with pytest.raises(ValueError, match="the hyper-parameter search needs one converted"):
+        search.run_search(config, str(tmp_path / "search"))
+
+
 def test_training_run_reports_per_domain_rows(tiny_dataset, second_dataset, tmp_path):
     config = default.get_config("tiny")
     config.data.mix = (("big", tiny_dataset, 0.5), ("small", second_dataset, 0.5))
