@@ -41,6 +41,7 @@ import numpy as np
 from flax import nnx
 
 from data_prep.synthetic import PARSING_CLASSES
+from deepfake_jax.segmentation import resize_labels
 
 # Face regions as groups of the 19 CelebAMask-HQ classes (`PARSING_CLASSES`); every class
 # belongs to exactly one group, so the shares of a label map sum to 1.
@@ -61,10 +62,14 @@ def _is_vit(model) -> bool:
     return hasattr(model, "attention_maps") and hasattr(model, "pool_tokens")
 
 
+def _has_grad_cam_hooks(model) -> bool:
+    return hasattr(model, "feature_map") and hasattr(model, "pool_feature_map")
+
+
 def check_heatmap_support(model) -> None:
     """ValueError unless `model` (an abstract one is enough) has an explanation: attention
     rollout (ViT) or Grad-CAM (a CNN family with `feature_map` / `pool_feature_map`)."""
-    if _is_vit(model) or (hasattr(model, "feature_map") and hasattr(model, "pool_feature_map")):
+    if _is_vit(model) or _has_grad_cam_hooks(model):
         return
     raise ValueError(f"{type(model).__name__} has no heatmap: attention rollout needs a ViT and "
                      "Grad-CAM a CNN family (resnet, densenet, xception, vgg, cnn) with "
@@ -102,7 +107,7 @@ def _upsample_and_scale(maps: jax.Array, size: tuple[int, int]) -> jax.Array:
 
 def grad_cam_fn(model, images: jax.Array, target: str = "fake") -> jax.Array:
     """Grad-CAM of an nnx CNN on a normalised float batch, traceable (see `grad_cam`)."""
-    if not (hasattr(model, "feature_map") and hasattr(model, "pool_feature_map")):
+    if not _has_grad_cam_hooks(model):
         raise TypeError(f"{type(model).__name__} has no feature_map/pool_feature_map: "
                         "Grad-CAM needs a CNN family from deepfake_jax.models")
     fmap = model.feature_map(images, train=False)
@@ -355,11 +360,7 @@ class HeatmapWriter:
         if self.parser is not None:
             labels = np.asarray(self.parser.parse(np.stack(views)))
             if labels.shape[1:] != maps.shape[1:]:  # a parser working at its own resolution
-                # the class under each heat pixel's centre (cv2.INTER_NEAREST would read its
-                # top-left corner: regions shifted up and left, as in seg_pipeline)
-                labels = np.stack([cv2.resize(lab.astype(np.uint8), maps.shape[:0:-1],
-                                              interpolation=cv2.INTER_NEAREST_EXACT)
-                                   for lab in labels])
+                labels = np.stack([resize_labels(lab, maps.shape[:0:-1]) for lab in labels])
             shares = region_shares(maps, labels, self.groups)
             for i, row in enumerate(rows):
                 for region, (heat, area) in shares.items():

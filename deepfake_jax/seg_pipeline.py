@@ -31,13 +31,7 @@ import numpy as np
 
 from deepfake_jax import input_pipeline, records
 from deepfake_jax.image_io import decode_image_rgb
-from deepfake_jax.segmentation import FLIP_PERMUTATION, IGNORE_LABEL
-
-# Label maps are resized by the source pixel under each output pixel's *centre*, the geometry
-# of the image's linear and area filters. cv2.INTER_NEAREST uses the output pixel's top-left
-# corner instead, which moves label boundaries up to one source pixel up and left of the
-# image's (a third of a glasses frame's width at 256 px).
-LABEL_INTERPOLATION = cv2.INTER_NEAREST_EXACT
+from deepfake_jax.segmentation import FLIP_PERMUTATION, IGNORE_LABEL, resize_labels
 
 
 def encode_record(image: bytes, mask_png: bytes, path: str, sha256: str,
@@ -81,7 +75,7 @@ def decode_example(raw: bytes) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     image = decode_image_rgb(record["image"], path)
     labels = decode_label_png(record["mask"], path)
     if labels.shape != image.shape[:2]:  # CelebAMask-HQ: 1024 px images, 512 px masks
-        labels = cv2.resize(labels, image.shape[1::-1], interpolation=LABEL_INTERPOLATION)
+        labels = resize_labels(labels, image.shape[1::-1])
     return image, labels, record
 
 
@@ -116,7 +110,7 @@ def resize_pair(image: np.ndarray, labels: np.ndarray, size: tuple[int, int]
         return image, labels
     interp = cv2.INTER_AREA if h < image.shape[0] else cv2.INTER_LINEAR
     return (cv2.resize(image, (w, h), interpolation=interp),
-            cv2.resize(labels, (w, h), interpolation=LABEL_INTERPOLATION))
+            resize_labels(labels, (w, h)))
 
 
 def random_scale_crop(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator,

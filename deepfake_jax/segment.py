@@ -98,8 +98,7 @@ class FaceParser:
             labels = np.asarray(self._eval(self.state, arr))[:len(chunk)]  # padding dropped
             for k, lab in enumerate(labels):
                 if (h, w) != lab.shape:
-                    lab = cv2.resize(lab.astype(np.uint8), (w, h),
-                                     interpolation=cv2.INTER_NEAREST_EXACT)
+                    lab = segmentation.resize_labels(lab, (w, h))
                 out[start + k] = lab
         return out
 

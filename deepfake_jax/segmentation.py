@@ -345,13 +345,22 @@ def colorize(label_map: np.ndarray) -> np.ndarray:
     return lut[np.asarray(label_map).astype(np.uint8)]
 
 
+def resize_labels(label_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A (H, W) label map resized to `size` = (width, height) as uint8: each output pixel takes
+    the class under its *centre*, the geometry of the image's linear and area filters.
+    cv2.INTER_NEAREST uses the output pixel's top-left corner instead, which moves label
+    boundaries up to one source pixel up and left of the image's (a third of a glasses frame's
+    width at 256 px)."""
+    return cv2.resize(np.asarray(label_map, np.uint8), tuple(size),
+                      interpolation=cv2.INTER_NEAREST_EXACT)
+
+
 def overlay_labels(image: np.ndarray, label_map: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     """The image with the coloured labels blended in (background pixels unchanged)."""
     image = np.asarray(image, np.uint8)
     label_map = np.asarray(label_map)
     if label_map.shape != image.shape[:2]:
-        label_map = cv2.resize(label_map.astype(np.uint8), image.shape[1::-1],
-                               interpolation=cv2.INTER_NEAREST_EXACT)
+        label_map = resize_labels(label_map, image.shape[1::-1])
     blended = image.astype(np.float32) * (1 - alpha) + colorize(label_map) * alpha
     fg = (label_map > 0)[..., None]
     return np.where(fg, np.clip(blended + 0.5, 0, 255).astype(np.uint8), image)
