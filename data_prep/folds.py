@@ -4,7 +4,9 @@
 
 The records of the pooled splits (default: train + valid; the test split stays untouched
 for a final check) are assigned to K folds by scikit-learn's `StratifiedKFold(shuffle=True,
-random_state=seed)` on the real/fake label. `fold_<i>/` is an ordinary converted dataset:
+random_state=seed)` on the real/fake label; records carrying a video group (layout `videos`)
+by `StratifiedGroupKFold`, so a group's frames stay in one fold and on one side of the
+valid/train cut. `fold_<i>/` is an ordinary converted dataset:
 
     test    fold i (held out: the fold's reported numbers)
     valid   a stratified `val_fraction` of the other folds (early checks, the threshold)
@@ -25,7 +27,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from sklearn.model_selection import StratifiedKFold, train_test_split
+from sklearn.model_selection import (
+    GroupShuffleSplit,
+    StratifiedGroupKFold,
+    StratifiedKFold,
+    train_test_split,
+)
 
 from data_prep.convert import ARRAY_RECORD_OPTIONS, _ShardWriter, _write_json_atomic
 from deepfake_jax import records
@@ -41,21 +48,42 @@ def _read_split(dataset_dir: str, split: str) -> list[bytes]:
     return [source[i] for i in range(len(source))]
 
 
-def assign_folds(labels: np.ndarray, k: int, seed: int, val_fraction: float
-                 ) -> list[dict[str, np.ndarray]]:
-    """Per fold, the pooled-record indices of its train / valid / test parts."""
+def assign_folds(labels: np.ndarray, k: int, seed: int, val_fraction: float,
+                 groups: Sequence[str] | None = None) -> list[dict[str, np.ndarray]]:
+    """Per fold, the pooled-record indices of its train / valid / test parts.
+
+    `groups` (one id a record, e.g. the video group of a frame): every record of a group goes
+    to the same fold, and to the same side of the valid / train cut
+    (`StratifiedGroupKFold` + `GroupShuffleSplit`)."""
     if k < 2:
         raise ValueError(f"k={k}: cross-validation needs at least 2 folds")
     counts = np.bincount(labels, minlength=2)
     if counts.min() < k:
         raise ValueError(f"k={k} folds need at least {k} records of each class; have "
                          f"{counts[0]} real and {counts[1]} fake")
+    if groups is not None:
+        return _assign_group_folds(labels, np.asarray(groups), k, seed, val_fraction)
     splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
     folds = []
     for i, (rest, test) in enumerate(splitter.split(np.zeros(len(labels)), labels)):
         train, valid = train_test_split(rest, test_size=val_fraction, stratify=labels[rest],
                                         random_state=seed + i)
         folds.append({"train": np.sort(train), "valid": np.sort(valid), "test": np.sort(test)})
+    return folds
+
+
+def _assign_group_folds(labels: np.ndarray, groups: np.ndarray, k: int, seed: int,
+                        val_fraction: float) -> list[dict[str, np.ndarray]]:
+    if len(set(groups.tolist())) < k:
+        raise ValueError(f"k={k} folds need at least {k} groups (videos); have "
+                         f"{len(set(groups.tolist()))}")
+    splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    folds = []
+    for i, (rest, test) in enumerate(splitter.split(np.zeros(len(labels)), labels, groups)):
+        cut = GroupShuffleSplit(n_splits=1, test_size=val_fraction, random_state=seed + i)
+        train, valid = next(cut.split(rest, groups=groups[rest]))
+        folds.append({"train": np.sort(rest[train]), "valid": np.sort(rest[valid]),
+                      "test": np.sort(test)})
     return folds
 
 
@@ -84,7 +112,10 @@ def make_folds(input_dir: str, output_dir: str, k: int = 5, seed: int = 0,
         source.extend((split, i) for i in range(len(split_records)))
     decoded = [records.decode_record(r) for r in raw]
     labels = np.array([d["label"] for d in decoded], np.int64)
-    folds = assign_folds(labels, k, seed, val_fraction)
+    # video-frame datasets: a video group never straddles two folds (frames of one source leak)
+    grouped = any("group" in d.get("meta", {}) for d in decoded)
+    groups = [d.get("meta", {}).get("group", d["path"]) for d in decoded] if grouped else None
+    folds = assign_folds(labels, k, seed, val_fraction, groups)
 
     os.makedirs(output_dir, exist_ok=True)
     _write_json_atomic(settings_path, settings)
@@ -110,8 +141,9 @@ def make_folds(input_dir: str, output_dir: str, k: int = 5, seed: int = 0,
             "format_version": records.FORMAT_VERSION,
             "layout": source_manifest.get("layout"),
             "input": os.path.abspath(input_dir),
-            "split_source": f"fold {i} of {k}: StratifiedKFold(shuffle=True, "
-                            f"random_state={seed}) over {'+'.join(pool_splits)}",
+            "split_source": f"fold {i} of {k}: "
+                            f"{'StratifiedGroupKFold' if grouped else 'StratifiedKFold'}"
+                            f"(shuffle=True, random_state={seed}) over {'+'.join(pool_splits)}",
             "split_seed": seed,
             "classes": list(records.CLASS_NAMES),
             "splits": splits_info,

@@ -13,6 +13,13 @@ Layouts (the names of `--layout`), checked in this order by `detect_layout`:
            right eye, nose, mouth edited -> meta {"difficulty": "easy", "edited": [0,1,0,1]};
            a fake whose name does not parse keeps meta {"difficulty": "unknown"}. Reals are
            `real_<id>.jpg`. No official split: a seeded split stratified by (label, difficulty).
+  videos   frames of videos (FaceForensics++-style): `<root>/[<split>/]<class>/<video>/<frame>`,
+           class and split folders as in generic; chosen by auto-detection when every class
+           folder holds only video folders (no image directly). Records carry meta
+           {"video": "<class>/<video>", "group": ...}: the fake video N is made from the real
+           video N, so both share group N; FF++ names `<target>_<source>` (digits) join both
+           sources' groups. The seeded split assigns whole GROUPS (`group_split`), so no video
+           and no real/fake pair is in two splits.
   generic  `<root>/<split>/<class>/` or `<root>/<class>/`. Split folders (case-insensitive):
            train | valid, val, validation | test -> canonical names train, valid, test.
            Class folders (case-insensitive): real: real, reals, real_faces, real_images, 0;
@@ -42,7 +49,7 @@ import numpy as np
 from deepfake_jax.image_io import IMAGE_EXTENSIONS
 from deepfake_jax.records import LABEL_FAKE, LABEL_REAL
 
-LAYOUTS = ("140k", "seed", "rvf10k", "ciplab", "generic")
+LAYOUTS = ("140k", "seed", "rvf10k", "ciplab", "videos", "generic")
 LAYOUT_CHOICES = ("auto",) + LAYOUTS
 SPLITS = ("train", "valid", "test")
 SPLIT_ALIASES = {"train": "train", "valid": "valid", "val": "valid", "validation": "valid",
@@ -276,8 +283,79 @@ def _match_generic(root: str) -> str | None:
     return root if _generic_dirs(root) else None
 
 
+def _holds_only_videos(class_dir: str) -> bool:
+    """True when `class_dir` has sub-folders and no image file directly in it."""
+    try:
+        entries = list(os.scandir(class_dir))
+    except OSError:
+        return False
+    direct = [e for e in entries if e.is_file()
+              and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS]
+    return not direct and any(e.is_dir() for e in entries)
+
+
+def _match_videos(root: str) -> str | None:
+    found = _generic_dirs(root)
+    dirs = [d for classes in (found or {}).values() for ds in classes.values() for d in ds]
+    return root if dirs and all(_holds_only_videos(d) for d in dirs) else None
+
+
+def video_sources(video_name: str) -> list[str]:
+    """The source numbers a video folder name stands for: FF++ `000_003` -> ['000', '003'];
+    any other name is its own single source."""
+    parts = video_name.split("_")
+    return parts if len(parts) > 1 and all(p.isdigit() for p in parts) else [video_name]
+
+
+def video_groups(video_names: Sequence[str]) -> dict[str, str]:
+    """{video folder name: group}: names that share a source number are joined (union-find);
+    a group is named by its smallest source."""
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        while parent.setdefault(x, x) != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for name in video_names:
+        sources = video_sources(name)
+        for other in sources[1:]:
+            a, b = find(sources[0]), find(other)
+            if a != b:
+                parent[max(a, b)] = min(a, b)
+    return {name: find(video_sources(name)[0]) for name in video_names}
+
+
+def group_split(samples: Sequence[Sample], ratios: Sequence[float], seed: int) -> list[Sample]:
+    """`stratified_split` of whole groups (meta "group"), stratified by the classes a group
+    holds: every frame of a group lands in the same split."""
+    members: dict[str, list[Sample]] = {}
+    for s in samples:
+        members.setdefault(s.meta["group"], []).append(s)
+    # one stand-in sample per group, stratified by the set of labels in it
+    stand_ins = [Sample("", group, "", max(s.label for s in ms),
+                        {"classes": tuple(sorted({s.label for s in ms}))})
+                 for group, ms in members.items()]
+    placed = stratified_split(stand_ins, ratios, seed,
+                              strata_key=lambda s: s.meta["classes"])
+    split_of = {g.rel_path: g.split for g in placed}
+    out = [dataclasses.replace(s, split=split_of[s.meta["group"]]) for s in samples]
+    out.sort(key=lambda s: s.rel_path)
+    return out
+
+
+def groups_across_splits(samples: Sequence[Sample]) -> dict[str, list[str]]:
+    """{group: its splits} for the groups found in more than one split (a leak)."""
+    splits: dict[str, set[str]] = {}
+    for s in samples:
+        if "group" in s.meta:
+            splits.setdefault(s.meta["group"], set()).add(s.split)
+    return {g: sorted(v) for g, v in sorted(splits.items()) if len(v) > 1}
+
+
 _MATCHERS = {"140k": _match_140k, "seed": _match_seed, "rvf10k": _match_rvf10k,
-             "ciplab": _match_ciplab, "generic": _match_generic}
+             "ciplab": _match_ciplab, "videos": _match_videos, "generic": _match_generic}
 
 
 def _layout_help(root: str) -> str:
@@ -288,6 +366,7 @@ def _layout_help(root: str) -> str:
         "  seed:    {train,valid,test}/{real_faces,fake_faces}/\n"
         "  rvf10k:  [rvf10k/]{train,valid}/{real,fake}/\n"
         "  ciplab:  [real_and_fake_face/]{training_real,training_fake}/\n"
+        "  videos:  [<split>/]<class>/<video>/<frames> (class and split names as in generic)\n"
         "  generic: [<split>/]<class>/ with split in train|valid|val|validation|test and class in "
         "real|reals|real_faces|real_images|0 / fake|fakes|fake_faces|fake_images|1 "
         "(case-insensitive)"
@@ -341,7 +420,7 @@ def parse_dataset(
     elif layout == "ciplab":
         class_dirs = [(None, LABEL_REAL, os.path.join(base, "training_real")),
                       (None, LABEL_FAKE, os.path.join(base, "training_fake"))]
-    else:
+    else:  # generic, videos
         found = _generic_dirs(base) or {}
         for split, classes in sorted(found.items()):
             for label, dirs in sorted(classes.items()):
@@ -361,6 +440,9 @@ def parse_dataset(
             meta = parse_ciplab_name(rel, label)
             if layout != "ciplab" and meta.get("difficulty") == "unknown":
                 meta = {}  # generic folders: keep CIPLab meta only for CIPLab-style names
+            if layout == "videos":  # the frame's folder is its video (name below the class)
+                video_dir = os.path.dirname(os.path.relpath(path_abs, d)).replace(os.sep, "/")
+                meta = {"video": f"{os.path.basename(d)}/{video_dir}"}
             samples.append(Sample(path_abs, rel, split or "", label, meta))
     if not samples:
         raise LayoutError(
@@ -374,17 +456,32 @@ def parse_dataset(
         only = "real" if labels == {LABEL_REAL} else "fake"
         notes.append(f"only {only} images were found: a detector cannot learn from one class")
 
+    if layout == "videos":
+        names = {s.meta["video"]: s.meta["video"].rsplit("/", 1)[-1] for s in samples}
+        group_of = video_groups(sorted(set(names.values())))
+        samples = [dataclasses.replace(s, meta={**s.meta, "group": group_of[names[s.meta[
+            "video"]]]}) for s in samples]
     has_split = all(s.split for s in samples)
     ratios: tuple[float, float, float] | None = None
     seed: int | None = None
     if not has_split:
         ratios = parse_split_ratios(split_ratios)
         seed = int(split_seed)
-        key = lambda s: (s.label, s.meta.get("difficulty", ""))  # noqa: E731
-        samples = stratified_split(samples, ratios, seed, strata_key=key)
-        notes.append(
-            f"no official split: seeded stratified split, ratios {ratios}, seed {seed}"
-        )
+        if layout == "videos":
+            samples = group_split(samples, ratios, seed)
+            notes.append(f"no official split: seeded split of whole video groups (a video and "
+                         f"the real/fake videos sharing its source), ratios {ratios}, seed {seed}")
+        else:
+            key = lambda s: (s.label, s.meta.get("difficulty", ""))  # noqa: E731
+            samples = stratified_split(samples, ratios, seed, strata_key=key)
+            notes.append(
+                f"no official split: seeded stratified split, ratios {ratios}, seed {seed}"
+            )
+    crossing = groups_across_splits(samples)
+    if crossing:
+        shown = ", ".join(f"{g} {v}" for g, v in list(crossing.items())[:5])
+        notes.append(f"{len(crossing)} video group(s) are in more than one split folder "
+                     f"(frames of one source on both sides leak): {shown}")
     samples.sort(key=lambda s: (SPLITS.index(s.split), s.rel_path))
     return ParsedDataset(layout=layout, root=root, base=base, samples=samples, skipped=skipped,
                          has_official_split=has_split, split_ratios=ratios, split_seed=seed,

@@ -103,6 +103,34 @@ def _ciplab_stats(kept: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
     }
 
 
+def _video_stats(kept: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """Videos, frames and groups per split (video-frame layouts), and the groups found in more
+    than one split: frames of one source on both sides of a split leak."""
+    frames = [r for r in kept if "video" in r["meta"]]
+    if not frames:
+        return None
+    per_split: dict[str, dict[str, Any]] = {}
+    group_splits: dict[str, set[str]] = collections.defaultdict(set)
+    for r in frames:
+        group_splits[r["meta"].get("group", r["meta"]["video"])].add(r["split"])
+    for split in sorted({r["split"] for r in frames}):
+        rows = [r for r in frames if r["split"] == split]
+        videos = {(r["label"], r["meta"]["video"]) for r in rows}
+        per_split[split] = {
+            "videos": {name: sum(1 for lab, _ in videos if lab == i)
+                       for i, name in enumerate(CLASS_NAMES)},
+            "frames": {name: sum(1 for r in rows if r["label"] == i)
+                       for i, name in enumerate(CLASS_NAMES)},
+            "groups": len({r["meta"].get("group", r["meta"]["video"]) for r in rows}),
+        }
+    crossing = [{"group": g, "splits": sorted(v)} for g, v in sorted(group_splits.items())
+                if len(v) > 1]
+    return {"per_split": per_split,
+            "num_videos": len({r["meta"]["video"] for r in frames}),
+            "num_frames": len(frames), "num_groups": len(group_splits),
+            "groups_across_splits": {"count": len(crossing), "groups": crossing[:MAX_LISTED]}}
+
+
 def build_report(
     manifest: dict[str, Any],
     kept: Sequence[dict[str, Any]],
@@ -164,6 +192,11 @@ def build_report(
             f"{duplicates['cross_split']['num_groups']} identical file(s) appear in more than one "
             "split (train/test leakage)"
         )
+    videos = _video_stats(kept)
+    if videos and videos["groups_across_splits"]["count"]:
+        warnings.append(
+            f"{videos['groups_across_splits']['count']} video group(s) have frames in more than "
+            "one split (frames of one source on both sides: train/test leakage)")
     if duplicates["label_conflicts"]["num_groups"]:
         warnings.append(
             f"{duplicates['label_conflicts']['num_groups']} identical file(s) carry both labels"
@@ -183,6 +216,7 @@ def build_report(
         "skipped": {"count": len(skipped), "by_reason": by_reason, "files": list(skipped)},
         "duplicates": duplicates,
         "ciplab": _ciplab_stats(kept),
+        "videos": videos,
         "color_histograms": {"file": "color_histograms.png",
                              "images_per_class": {CLASS_NAMES[k]: v
                                                   for k, v in (hist_counts or {}).items()}},
@@ -253,6 +287,19 @@ def render_markdown(rep: dict[str, Any]) -> str:
                 f"- edited regions: {c['edited_regions']}",
                 f"- number of regions edited: {c['num_regions_edited']}",
                 f"- names that did not parse: {c['unparsed_names']}"]
+    if rep.get("videos"):
+        v = rep["videos"]
+        out += ["", "## Videos", "",
+                f"{v['num_videos']} videos, {v['num_frames']} frames, {v['num_groups']} groups "
+                "(a video with the videos that share its source)", "",
+                "| split | real videos | fake videos | real frames | fake frames | groups |",
+                "|---|---|---|---|---|---|"]
+        for split, c in v["per_split"].items():
+            out.append(f"| {split} | {c['videos']['real']} | {c['videos']['fake']} | "
+                       f"{c['frames']['real']} | {c['frames']['fake']} | {c['groups']} |")
+        crossing = v["groups_across_splits"]
+        out += ["", f"- groups in more than one split (leakage): {crossing['count']}"]
+        out += [f"  - {g['group']}: {', '.join(g['splits'])}" for g in crossing["groups"][:MAX_MD]]
     if rep["notes"]:
         out += ["", "## Notes", ""] + [f"- {n}" for n in rep["notes"]]
     return "\n".join(out) + "\n"

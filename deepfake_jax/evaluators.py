@@ -18,7 +18,7 @@ import numpy as np
 import tqdm
 from jax.experimental import multihost_utils
 
-from deepfake_jax import input_pipeline, metrics, sharding
+from deepfake_jax import input_pipeline, metrics, sharding, video_metrics
 
 
 def predict_split(eval_fn, state, mesh, files, preprocess, batch_size,
@@ -98,6 +98,11 @@ def evaluate_splits(eval_fn, state, mesh, preprocess, batch_size: int, *,
         subsets = metrics.subset_metrics(preds["label"], preds["p_fake"], threshold, record_meta)
         if subsets:
             m["subsets"] = subsets
+        video = video_metrics.video_level(preds["label"], preds["p_fake"], record_meta,
+                                          threshold)
+        if video:  # video-frame datasets: the mean p_fake of each video's frames
+            m["video"] = video[0]
+            m.update({f"video_{k}": video[0][k] for k in ("roc_auc", "accuracy")})
         if bootstrap:
             m["bootstrap_95"] = metrics.bootstrap_intervals(preds["label"], preds["p_fake"],
                                                             threshold, bootstrap)
@@ -109,6 +114,9 @@ def evaluate_splits(eval_fn, state, mesh, preprocess, batch_size: int, *,
             metrics.save_plots(preds["label"], preds["p_fake"], m, split_dir, title=name)
             write_predictions_csv(os.path.join(split_dir, "predictions.csv"), preds,
                                   listing, threshold)
+            if video:
+                video_metrics.write_video_csv(
+                    os.path.join(split_dir, "video_predictions.csv"), video[1], threshold)
     return results
 
 
