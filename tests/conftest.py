@@ -29,6 +29,7 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 
 import pytest  # noqa: E402
+from timm_import import timm  # noqa: E402, F401 (the timm fixture, for every test file)
 
 
 @pytest.fixture(scope="session")
@@ -58,3 +59,17 @@ def trained_workdir(tmp_path_factory, tiny_dataset):
     assert jax.device_count() == 8
     summary = train.train_and_evaluate(config, workdir)
     return workdir, summary
+
+
+@pytest.fixture(scope="session")
+def parsing_run(tmp_path_factory):
+    """configs/bisenet_face_parsing.py:tiny trained (4 steps) on 8 devices: (workdir, summary)."""
+    import jax
+
+    from configs import bisenet_face_parsing
+    from deepfake_jax import train
+
+    workdir = str(tmp_path_factory.mktemp("parsing_run"))
+    config = bisenet_face_parsing.get_config("tiny")
+    assert jax.device_count() == 8
+    return workdir, train.train_and_evaluate(config, workdir)

@@ -9,8 +9,9 @@ depth), a 1x1 head conv to 1280 x width channels, global average pool, dropout, 
   (32), the head (1280) and the repeats of the first and last stage are not scaled.
 * ``padding="same"`` (default): TensorFlow's SAME, computed from the input shape (stride 2 on
   an even size pads one pixel at the bottom/right only). The packaged weights come from TF
-  and expect it; the PyTorch reference pads the same way at its native resolution (and at any
-  size divisible by 32). ``"symmetric"``: ``k // 2`` on every side (timm's non-``tf_`` models).
+  and expect it. The PyTorch reference fixes its padding for its native resolution; at that
+  size the two agree (Lite0's 224 also at 256), at others ours is TF's rule.
+  ``"symmetric"``: ``k // 2`` on every side (timm's non-``tf_`` models).
 * BatchNorm: epsilon 1e-3 (TF; timm's non-``tf_`` models use 1e-5), flax momentum 0.99 ==
   torch momentum 0.01 (the reference's).
 * Stochastic depth: block ``i`` of ``n`` drops its residual branch per sample with probability
@@ -145,10 +146,10 @@ class Conv(nnx.Module):
         else:
             pads = [(k // 2, k // 2)] * 2
         y = layers.cpu_friendly_conv(
-            x.astype(self.dtype), self.kernel.value.astype(self.dtype), (s, s), pads,
+            x.astype(self.dtype), self.kernel[...].astype(self.dtype), (s, s), pads,
             dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=self.groups)
         if self.bias is not None:
-            y = y + self.bias.value.astype(self.dtype)
+            y = y + self.bias[...].astype(self.dtype)
         return y
 
 
