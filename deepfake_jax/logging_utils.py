@@ -26,11 +26,20 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> str:
 
 
 class MetricWriter:
-    """Appends one JSON object per line to `workdir/metrics.jsonl` (easy to load with pandas)."""
+    """Appends one JSON object per line to `workdir/metrics.jsonl` (easy to load with pandas),
+    writes the same scalars as TensorBoard event files in `workdir` (tags `<kind>/<key>`, e.g.
+    `train/loss`, `train/learning_rate`, `val/val_roc_auc`, `final_test/roc_auc`), and on close
+    draws `training_curves.png` (`training_curves.py`)."""
 
     def __init__(self, workdir: str, enabled: bool = True):
         self.enabled = enabled
+        self.workdir = workdir
         self._f = open(os.path.join(workdir, "metrics.jsonl"), "a") if enabled else None
+        self._tb = None
+        if enabled:
+            from tensorboardX import SummaryWriter  # a 0.6 MB writer: no TensorFlow needed
+
+            self._tb = SummaryWriter(workdir, flush_secs=30)
 
     def write(self, step: int, kind: str, values: dict[str, Any]) -> None:
         if self._f is None:
@@ -39,11 +48,19 @@ class MetricWriter:
         row.update({k: v for k, v in values.items() if v is None or isinstance(v, (int, float))})
         self._f.write(json.dumps(row) + "\n")
         self._f.flush()
+        for key, value in row.items():
+            if key not in ("step", "kind", "time") and value is not None:
+                self._tb.add_scalar(f"{kind}/{key}", float(value), int(step),
+                                    walltime=row["time"])
 
     def close(self) -> None:
         if self._f is not None:
             self._f.close()
             self._f = None
+            self._tb.close()
+            from deepfake_jax import training_curves
+
+            training_curves.plot_training_curves(self.workdir)
 
 
 class Progress:
