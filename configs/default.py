@@ -8,7 +8,7 @@
 import ml_collections
 from ml_collections import config_dict
 
-from deepfake_jax import augment
+from deepfake_jax import augment, tfds_source
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -25,6 +25,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # ("ciplab", "/data/ciplab_ar", 0.3)); train splits drawn with those weights, valid/test
     # = the union of every domain's, with per-domain rows in the reports. Unset = off.
     config.data.mix = config_dict.placeholder(tuple)
+    # A TFDS-prepared dataset (array_record) instead: name, data_dir, image/label features
+    # (deepfake_jax/tfds_source.py), e.g. --config.data.tfds.name=my_faces
+    # --config.data.tfds.data_dir=/data/tfds --config.data.val_split=validation
+    config.data.tfds = tfds_source.default_config()
     config.data.train_split = "train"
     config.data.val_split = "valid"
     config.data.test_split = "test"

@@ -2,7 +2,7 @@
 
     python -m data_prep.convert --input DIR --output DIR [--layout auto|140k|seed|rvf10k|ciplab|
         generic] [--split-ratios 0.8,0.1,0.1] [--split-seed 0] [--records-per-shard 2000]
-        [--workers N] [--overwrite]
+        [--workers N] [--overwrite] [--format arrayrecord|tfds] [--tfds-name faces]
 
 What it does (format: `deepfake_jax/records.py`):
 
@@ -21,6 +21,10 @@ What it does (format: `deepfake_jax/records.py`):
 - Shards are written under temporary names and renamed when the split is complete; the report
   follows, and `manifest.json` is written LAST (atomically), so an interrupted conversion leaves
   no manifest and `records.read_manifest` refuses the folder.
+- `--format tfds`: the same listing, validation, record order, records.csv and report, but the
+  kept files go into a TFDS dataset `<output>/<tfds-name>/1.0.0/` (`data_prep/tfds_export.py`)
+  that `tfds.data_source(name, data_dir=output)` reads; manifest.json then says `"format":
+  "tfds"` and points there.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ HIST_SAMPLE_PER_CLASS = 500
 _PARTIAL_SUFFIX = ".array_record.partial"
 _OWNED_FILES = (records.MANIFEST_NAME, RECORDS_INDEX) + report.REPORT_FILES
 _BATCH = 32
+FORMATS = ("arrayrecord", "tfds")
 
 
 class OutputExistsError(FileExistsError):
@@ -179,6 +184,26 @@ def split_order(samples: Sequence[layouts.Sample], split: str, seed: int) -> lis
     return [int(i) for i in rng.permutation(len(samples))]
 
 
+class _TfdsEntries:
+    """`--format tfds`: collects one split's validated files (`_ShardWriter`'s interface);
+    `tfds_export.write_tfds` writes them all once the listing is validated."""
+
+    def __init__(self) -> None:
+        self.entries: list = []
+        self.count = 0
+
+    def add(self, sample: layouts.Sample, sha256: str) -> int:
+        from data_prep import tfds_export
+
+        self.entries.append(tfds_export.Entry(sample.path_abs, sample.rel_path, sample.label,
+                                              sha256, sample.meta))
+        self.count += 1
+        return 0
+
+    def _close_current(self) -> None:
+        pass
+
+
 class _ShardWriter:
     """Writes one split's records into shards of `per_shard` under temporary names."""
 
@@ -239,13 +264,23 @@ def convert(
     workers: int = 1,
     show_progress: bool = True,
     log: Callable[[str], None] | None = None,
+    output_format: str = "arrayrecord",
+    tfds_name: str = "faces",
 ) -> dict[str, Any]:
     """Converts an image-folder dataset; returns the manifest (also written to output_dir).
 
+    `output_format`: "arrayrecord" (our msgpack records) or "tfds" (a TFDS dataset named
+    `tfds_name` in output_dir, see `tfds_export`).
     Raises layouts.LayoutError (unknown layout, no images), OutputExistsError, ValueError.
     """
     if records_per_shard < 1:
         raise ValueError(f"records_per_shard must be >= 1, got {records_per_shard}")
+    if output_format not in FORMATS:
+        raise ValueError(f"format {output_format!r}; choose from {', '.join(FORMATS)}")
+    if output_format == "tfds":
+        from data_prep import tfds_export
+
+        tfds_export.check_name(tfds_name)
     log = log or (print if show_progress else (lambda _msg: None))
     input_dir = os.path.abspath(input_dir)
     output_dir = os.path.abspath(output_dir)
@@ -253,6 +288,8 @@ def convert(
         raise ValueError("--output must differ from --input (the images are not modified)")
     parsed = layouts.parse_dataset(input_dir, layout, split_ratios, split_seed)
     prepare_output(output_dir, overwrite)
+    if output_format == "tfds" and overwrite:
+        tfds_export.remove_previous(output_dir, tfds_name)
 
     by_split: dict[str, list[layouts.Sample]] = {}
     for s in parsed.samples:
@@ -294,11 +331,15 @@ def convert(
                 continue
             w = writers.get(sample.split)
             if w is None:
-                w = writers[sample.split] = _ShardWriter(output_dir, sample.split,
-                                                         records_per_shard)
+                w = writers[sample.split] = (
+                    _TfdsEntries() if output_format == "tfds"
+                    else _ShardWriter(output_dir, sample.split, records_per_shard))
             index_in_split = w.count
-            shard_idx = w.write(records.encode_record(
-                res["data"], sample.label, sample.rel_path, res["sha256"], sample.meta))
+            if output_format == "tfds":
+                shard_idx = w.add(sample, res["sha256"])
+            else:
+                shard_idx = w.write(records.encode_record(
+                    res["data"], sample.label, sample.rel_path, res["sha256"], sample.meta))
             if res["hist"] is not None:
                 hists[sample.label] += res["hist"]
                 hist_counts[sample.label] += 1
@@ -316,7 +357,16 @@ def convert(
         for w in writers.values():
             w._close_current()
 
-    shard_names = {split: w.finish() for split, w in writers.items()}
+    if output_format == "tfds":
+        shard_names = tfds_export.write_tfds(
+            output_dir, tfds_name, {split: writers[split].entries for split in split_names
+                                    if split in writers})
+        # records.csv: the dataset folder and the tfds.data_source index (TFDS picks shards)
+        tfds_dir = os.path.join(tfds_name, tfds_export.VERSION)
+        shard_of = lambda r: tfds_dir  # noqa: E731
+    else:
+        shard_names = {split: w.finish() for split, w in writers.items()}
+        shard_of = lambda r: shard_names[r["split"]][r["shard_idx"]]  # noqa: E731
     notes = list(parsed.notes)
     for split in split_names:
         if split not in writers:
@@ -329,7 +379,7 @@ def convert(
         out = csv.writer(f)
         out.writerow(["split", "shard", "index_in_split", "label", "path", "sha256", "meta"])
         for r in kept:
-            out.writerow([r["split"], shard_names[r["split"]][r["shard_idx"]], r["index_in_split"],
+            out.writerow([r["split"], shard_of(r), r["index_in_split"],
                           r["label"], r["path"], r["sha256"],
                           json.dumps(r["meta"], sort_keys=True, separators=(",", ":"))])
 
@@ -357,7 +407,8 @@ def convert(
             timespec="seconds"),
         "split_seed": split_seed,
         "split_ratios": list(parsed.split_ratios) if parsed.split_ratios else None,
-        "split_source": "folders" if parsed.has_official_split else "seeded_stratified",
+        "split_source": ("folders" if parsed.has_official_split else "seeded_groups"
+                         if parsed.layout == "videos" else "seeded_stratified"),
         "record_order": ("seeded shuffle within split: numpy default_rng(SeedSequence("
                          "[split_seed, crc32(split)])).permutation of the path-sorted samples"),
         "classes": list(records.CLASS_NAMES),
@@ -367,6 +418,11 @@ def convert(
         "array_record_options": ARRAY_RECORD_OPTIONS,
         "report": "report.json",
     }
+    if output_format == "tfds":  # not our record format: records.read_manifest says so
+        del manifest["format_version"], manifest["array_record_options"]
+        manifest["format"] = "tfds"
+        manifest["tfds"] = {"name": tfds_name, "version": tfds_export.VERSION,
+                            "builder_dir": os.path.join(tfds_name, tfds_export.VERSION)}
     rep = report.write_report(
         output_dir, manifest=manifest, kept=kept, skipped=skipped, hists=hists,
         hist_counts=hist_counts, notes=notes,
@@ -417,6 +473,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="replace a converted dataset already in --output")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--format", default="arrayrecord", choices=FORMATS,
+                   help="arrayrecord (default; read with --config.data.dir) or tfds (a TFDS "
+                        "dataset in --output; read with --config.data.tfds.name)")
+    p.add_argument("--tfds-name", default="faces", help="the TFDS dataset name (--format tfds)")
     return p
 
 
@@ -426,8 +486,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         convert(args.input, args.output, layout=args.layout, split_ratios=args.split_ratios,
                 split_seed=args.split_seed, records_per_shard=args.records_per_shard,
                 overwrite=args.overwrite, workers=args.workers, show_progress=not args.quiet,
-                log=print)
-    except (OutputExistsError, layouts.LayoutError, ValueError) as e:
+                log=print, output_format=args.format, tfds_name=args.tfds_name)
+    except (OutputExistsError, layouts.LayoutError, ValueError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

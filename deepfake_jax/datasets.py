@@ -2,6 +2,8 @@
 
 `config.data.dir` set: that converted dataset is used as it is.
 `config.data.mix` set: several converted datasets, one per domain (`domain_mix.py`).
+`config.data.tfds.name` set: a TFDS-prepared dataset read with `tfds.data_source`
+(`tfds_source.py`); its splits are `tfds_source.TfdsSplit`s instead of shard lists.
 `config.data.dir` unset: the built-in synthetic faces (`config.data.synthetic`) are generated
 into `<workdir>/data/images` and converted to `<workdir>/data/arrayrecord`, once; later runs
 and resumed runs reuse them.
@@ -15,11 +17,28 @@ import jax
 from absl import logging
 from jax.experimental import multihost_utils
 
-from deepfake_jax import domain_mix, records
+from deepfake_jax import domain_mix, records, tfds_source
+
+
+def tfds_config(config):
+    """`config.data.tfds` when it names a dataset, else None."""
+    tfds = config.data.get("tfds")
+    return tfds if tfds is not None and tfds.get("name") else None
 
 
 def prepare(config, workdir: str) -> str:
     data = config.data
+    tfds = tfds_config(config)
+    if tfds is not None:
+        if data.get("dir") or data.get("mix"):
+            raise ValueError("set config.data.tfds.name or config.data.dir / config.data.mix, "
+                             "not both")
+        if config.get("task", "classification") != "classification":
+            raise ValueError(f"config.data.tfds is for classification runs, not {config.task!r}")
+        for split in (data.train_split, data.val_split, data.get("test_split")):
+            if split:  # opened once now: a wrong name, feature or split fails before training
+                tfds_source.TfdsSplit.from_config(tfds, split).source()
+        return tfds_source.TfdsSplit.from_config(tfds, data.train_split).describe()
     domains = domain_mix.domains_of(config)
     if domains:  # several converted datasets (domain_mix.py); checked now, read per split
         if data.get("dir"):
@@ -46,6 +65,9 @@ def prepare_single(config, workdir: str, purpose: str) -> str:
     """`prepare` for jobs that need one dataset folder (k-fold re-splits it, a search hands it
     to every trial): a clear error, naming `purpose`, when `config.data.mix` is set."""
     domains = domain_mix.domains_of(config)
+    if tfds_config(config) is not None:
+        raise ValueError(f"{purpose} needs a folder written by data_prep.convert, not a TFDS "
+                         "dataset (config.data.tfds): convert the images with data_prep.convert")
     if domains:
         raise ValueError(
             f"{purpose} needs one converted dataset (config.data.dir, or the generated faces), "
@@ -57,7 +79,10 @@ def prepare_single(config, workdir: str, purpose: str) -> str:
 
 def split_files(config, dataset_dir: str, split: str) -> list[str]:
     """The shards of `split`: of `dataset_dir` (from `prepare`), or with `config.data.mix`
-    every domain's, concatenated in mix order."""
+    every domain's, concatenated in mix order; with `config.data.tfds` a `TfdsSplit`."""
+    tfds = tfds_config(config)
+    if tfds is not None:
+        return tfds_source.TfdsSplit.from_config(tfds, split)
     domains = domain_mix.domains_of(config)
     if domains:
         if config.get("task", "classification") != "classification":
@@ -74,7 +99,9 @@ def _generate_and_convert(synth, images_dir: str, out_dir: str) -> None:
         images_dir,
         counts={"train": synth.train, "valid": synth.valid, "test": synth.test},
         image_size=synth.image_size, difficulty=synth.difficulty, seed=synth.seed,
-        num_workers=synth.get("workers", 1),
+        num_workers=synth.get("workers", 1), progress=True,  # tens of seconds at full size
     )
     logging.info("Converting %s to ArrayRecord in %s", images_dir, out_dir)
-    convert.convert(images_dir, out_dir, layout="140k", overwrite=True, show_progress=False)
+    # A progress bar; the conversion summary is left out (training reports the counts).
+    convert.convert(images_dir, out_dir, layout="140k", overwrite=True, show_progress=True,
+                    log=lambda _msg: None)

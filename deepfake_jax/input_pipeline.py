@@ -26,6 +26,7 @@ from absl import flags
 from deepfake_jax import augment, records
 from deepfake_jax.image_io import decode_image_rgb
 from deepfake_jax.pipeline_speed import epoch_shuffle, keep_freed_memory
+from deepfake_jax.tfds_source import TfdsSplit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,9 +53,10 @@ class Preprocess:
         )
 
 
-def _decode(raw: bytes) -> tuple[np.ndarray, dict[str, Any]]:
+def _decode(raw: bytes | dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
     keep_freed_memory()  # once per process: decoding into reused memory is ~1/3 faster
-    record = records.decode_record(raw)
+    # msgpack bytes from our shards; a TFDS split's source hands over the record dict itself
+    record = raw if isinstance(raw, dict) else records.decode_record(raw)
     return decode_image_rgb(record["image"], record.get("path", "<record>")), record
 
 
@@ -98,12 +100,20 @@ class _EvalTransform(grain.transforms.Map):
                 "mask": np.float32(1.0)}
 
 
-def _source(files: list[str]) -> grain.MapDataset:
-    return grain.MapDataset.source(grain.sources.ArrayRecordDataSource(files))
+def open_records(files: list[str] | TfdsSplit):
+    """The random-access records of one split: our ArrayRecord shards (msgpack bytes), or a
+    TFDS split (`tfds_source.TfdsSplit`: record dicts)."""
+    if isinstance(files, TfdsSplit):
+        return files.source()
+    return grain.sources.ArrayRecordDataSource(files)
 
 
-def num_records(files: list[str]) -> int:
-    return len(grain.sources.ArrayRecordDataSource(files))
+def _source(files: list[str] | TfdsSplit) -> grain.MapDataset:
+    return grain.MapDataset.source(open_records(files))
+
+
+def num_records(files: list[str] | TfdsSplit) -> int:
+    return len(open_records(files))
 
 
 def train_iterator(
@@ -129,7 +139,7 @@ def train_iterator(
         raise ValueError(f"batch size {global_batch_size} not divisible by {process_count} hosts")
     # Records read straight from the files in a cached per-epoch order: grain's per-element
     # shuffle and per-read metrics cost ~40% of a JPEG decode (pipeline_speed).
-    source = grain.sources.ArrayRecordDataSource(files)
+    source = open_records(files)
     ds = epoch_shuffle(source, seed).repeat(None).map_with_index(_with_index)
     # Augmentation randomness keyed by the global stream position (mapped before sharding),
     # so an example gets the same crop/flip whatever the process count.
@@ -195,10 +205,11 @@ def eval_batches(
 
 def read_metadata(files: list[str]) -> list[dict[str, Any]]:
     """path/label/meta of every record of a split, in index order (image bytes dropped)."""
-    source = grain.sources.ArrayRecordDataSource(files)
+    source = open_records(files)
     out = []
     for i in range(len(source)):
-        record = records.decode_record(source[i])
+        record = source[i]
+        record = dict(record) if isinstance(record, dict) else records.decode_record(record)
         record.pop("image", None)
         out.append(record)
     return out

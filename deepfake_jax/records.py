@@ -62,6 +62,12 @@ def read_manifest(dataset_dir: str) -> dict[str, Any]:
         )
     with open(path) as f:
         manifest = json.load(f)
+    if manifest.get("format") == "tfds":
+        name = manifest.get("tfds", {}).get("name", "NAME")
+        raise ValueError(
+            f"{dataset_dir} holds a TFDS dataset (data_prep.convert --format tfds), not our "
+            f"records: read it with --config.data.tfds.name={name} "
+            f"--config.data.tfds.data_dir={dataset_dir}")
     if manifest.get("format_version") != FORMAT_VERSION:
         raise ValueError(
             f"{path}: format_version {manifest.get('format_version')!r} is not supported "
