@@ -20,6 +20,26 @@ class CheckpointError(RuntimeError):
     pass
 
 
+# The validation metric (higher is better) that ranks a run's checkpoints, by `config.task`.
+BEST_METRIC = {"classification": "val_roc_auc", "segmentation": "val_miou"}
+
+
+def best_metric_of(config) -> str:
+    """The metric a run with this config ranked its checkpoints by."""
+    task = config.get("task", "classification")
+    if task not in BEST_METRIC:
+        raise ValueError(f"config.task={task!r}: expected one of {sorted(BEST_METRIC)}")
+    return BEST_METRIC[task]
+
+
+def open_run(workdir: str, config) -> Checkpointer:
+    """The checkpoints of a training workdir, ranked by the run's own metric (read-only use:
+    nothing is deleted unless something is saved)."""
+    return Checkpointer(os.path.join(workdir, "checkpoints"),
+                        keep_best=config.checkpoint.keep_best,
+                        best_metric=best_metric_of(config), async_save=False)
+
+
 class _KeepSteps:
     """Preservation policy: the steps in a set that can change between saves."""
 
@@ -60,6 +80,28 @@ class Checkpointer:
 
     def best_step(self) -> int | None:
         return self.manager.best_step()
+
+    def select(self, checkpoint: str | int) -> int:
+        """The step that `latest`, `best` (by `best_metric`) or a step number names.
+
+        `best` of a run with no ranked checkpoint (stopped before its first validation) is
+        refused rather than silently replaced by the latest."""
+        steps = sorted(self.all_steps())
+        if not steps:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        checkpoint = str(checkpoint)
+        if checkpoint == "latest":
+            return self.latest_step()
+        if checkpoint == "best":
+            ranked = [s for s in steps if self.best_metric in (self.manager.metrics(s) or {})]
+            if not ranked:
+                raise ValueError(f"--checkpoint=best: no checkpoint in {self.directory} has "
+                                 f"{self.best_metric} (no validation yet); use latest or one "
+                                 f"of {steps}")
+            return self.best_step()
+        if checkpoint.isdigit() and int(checkpoint) in steps:
+            return int(checkpoint)
+        raise ValueError(f"--checkpoint={checkpoint!r}: use latest, best or one of {steps}")
 
     def keep_step(self, step: int | None) -> None:
         """Also keep checkpoint `step` from now on, whatever its rank (the early-stopping best,

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import jax
 from absl import logging
 
+from deepfake_jax import console
+
 ENV_PREFIX = "DFJ_"
 
 
@@ -107,4 +109,5 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     logging.info("jax.distributed (%s): process %d of %d, %d local / %d global devices",
                  spec.source, jax.process_index(), jax.process_count(),
                  jax.local_device_count(), jax.device_count())
+    console.quiet_other_processes(jax.process_index())
     return spec

@@ -25,6 +25,7 @@ from absl import app, flags, logging
 
 from deepfake_jax import (
     checkpointing,
+    console,
     datasets,
     domain_mix,
     evaluators,
@@ -36,7 +37,8 @@ from deepfake_jax import (
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "A training workdir (config.json + checkpoints/).")
-flags.DEFINE_string("checkpoint", "latest", "latest, best (by validation AUC) or a step.")
+flags.DEFINE_string("checkpoint", "latest", "latest, best (by the run's validation metric: "
+                    "AUC, or mIoU for face parsing) or a step.")
 flags.DEFINE_bool("use_ema", None, "Evaluate EMA weights (default: the run's config.eval).")
 flags.DEFINE_string("split", "test", "Split to evaluate in each dataset.")
 flags.DEFINE_multi_string("data", None, "Converted dataset folders (default: the run's own).")
@@ -65,27 +67,19 @@ def run_dataset_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
 
 
 def restore_state(config, workdir: str, checkpoint: str, mesh):
-    """(graphdef, state, step) restored onto `mesh`, whatever device count wrote it."""
+    """(graphdef, state, step) restored onto `mesh`, whatever device count wrote it;
+    `checkpoint`: latest, best (by the run's own metric: val_roc_auc / val_miou) or a step."""
     # Only the optimizer state's structure matters here (the restore target), not the lengths.
     tx, _ = train.build_optimizer(config.optimizer, max(int(config.get("num_train_steps")
                                                             or 1), 1),
                                   model=train.abstract_model(config), steps_per_epoch=1)
     graphdef, abstract, _ = train.create_train_state(config, mesh, tx, abstract_only=True)
-    ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                      keep_best=config.checkpoint.keep_best)
-    steps = ckpt.all_steps()
-    if not steps:
-        raise FileNotFoundError(f"no checkpoint in {ckpt.directory}")
-    if checkpoint == "latest":
-        step = ckpt.latest_step()
-    elif checkpoint == "best":
-        step = ckpt.best_step()
-    elif checkpoint.isdigit() and int(checkpoint) in steps:
-        step = int(checkpoint)
-    else:
-        raise ValueError(f"--checkpoint={checkpoint!r}: use latest, best or one of {steps}")
-    state, _ = ckpt.restore(step, abstract)
-    ckpt.close()
+    ckpt = checkpointing.open_run(workdir, config)
+    try:
+        step = ckpt.select(checkpoint)
+        state, _ = ckpt.restore(step, abstract)
+    finally:
+        ckpt.close()
     return graphdef, state, step
 
 
@@ -162,6 +156,14 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not FLAGS.workdir:
         sys.exit("--workdir is required")
+    console.setup()
+    try:
+        return _main()
+    except (FileNotFoundError, ValueError) as e:  # not a run, no checkpoint, bad --checkpoint
+        sys.exit(f"error: {e}")
+
+
+def _main():
     if load_run_config(FLAGS.workdir).get("task") == "segmentation":
         # A face-parsing run: its metrics are mIoU/F1, not thresholds, so hand over to its own
         # evaluator; the classifier-only flags have no meaning there.

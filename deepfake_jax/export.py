@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from deepfake_jax import evaluate, predict, serving, sharding, train
+from deepfake_jax import console, evaluate, predict, serving, sharding, train
 
 
 def _p_fake(logits: jax.Array) -> jax.Array:
@@ -147,7 +147,9 @@ def main(argv: list[str] | None = None) -> dict:
                      help="export the raw weights")
     parser.add_argument("--platforms", default=None,
                         help="comma-separated: cpu, cuda, rocm, tpu (default: this backend)")
+    console.add_argument(parser)
     args = parser.parse_args(argv)
+    console.setup(args.verbose)
     platforms = [p.strip() for p in args.platforms.split(",")] if args.platforms else None
     try:
         meta = export_run(args.workdir, args.output, checkpoint=args.checkpoint,

@@ -48,6 +48,7 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
+from deepfake_jax import console
 from deepfake_jax.image_io import decode_image_rgb, list_images
 
 __all__ = [
@@ -577,7 +578,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    console.setup(args.verbose)
     kwargs = {"upsample": args.upsample} if args.backend == "dlib" else {}
     try:
         backend = get_backend(args.backend, args.model, **kwargs)

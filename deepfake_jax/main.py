@@ -3,13 +3,12 @@
 Any config value can be overridden: --config.input.batch_size=128 --config.data.dir=/data/x
 """
 
-import logging as pylogging
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
-from deepfake_jax import distributed, train
+from deepfake_jax import console, distributed, train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and evaluation go.")
@@ -22,21 +21,10 @@ flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-proc
 flags.DEFINE_integer("process_id", None, "This process's index in [0, num_processes).")
 
 
-class _QuietLibraries(pylogging.Filter):
-    """Keeps our INFO progress lines readable: orbax/jax INFO chatter is dropped (not WARNING+)."""
-
-    NOISY = ("/orbax/", "/jax/", "/grain/")
-
-    def filter(self, record: pylogging.LogRecord) -> bool:
-        return record.levelno >= pylogging.WARNING or not any(
-            part in record.pathname for part in self.NOISY)
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.set_verbosity(logging.INFO)
-    logging.get_absl_handler().addFilter(_QuietLibraries())
+    console.setup()
     distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     if FLAGS.config.get("kfold", 0) > 1:
         from deepfake_jax import kfold

@@ -44,7 +44,7 @@ import numpy as np
 import tqdm
 from absl import app, flags, logging
 
-from deepfake_jax import augment, evaluate, explain, faces, landmarks, sharding, train
+from deepfake_jax import augment, console, evaluate, explain, faces, landmarks, sharding, train
 from deepfake_jax.image_io import decode_image_rgb, list_images
 
 # --workdir, --checkpoint and --use_ema are evaluate's flags (registered when it is imported).
@@ -319,6 +319,7 @@ def main(argv):
         sys.exit("--workdir is required")
     if len(argv) < 2:
         raise app.UsageError("give one or more image files or folders to score")
+    console.setup()
     try:
         rows = predict_paths(
             FLAGS.workdir, argv[1:], checkpoint=FLAGS.checkpoint, use_ema=FLAGS.use_ema,

@@ -38,7 +38,7 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from deepfake_jax import datasets, train
+from deepfake_jax import console, datasets, train
 
 FLAGS = flags.FLAGS
 STUDY_NAME = "deepfake_jax"
@@ -199,7 +199,7 @@ def _define_flags() -> None:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.set_verbosity(logging.INFO)
+    console.setup()
     try:
         run_search(FLAGS.config, FLAGS.workdir)
     except (ImportError, ValueError, KeyError) as e:

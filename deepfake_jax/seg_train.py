@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import sys
 from typing import Any
 
 import jax
@@ -31,7 +32,15 @@ from absl import logging
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from deepfake_jax import records, seg_pipeline, segmentation, sharding, train
+from deepfake_jax import (
+    checkpointing,
+    console,
+    records,
+    seg_pipeline,
+    segmentation,
+    sharding,
+    train,
+)
 
 # ----------------------------------------------------------------------------- steps
 
@@ -266,7 +275,7 @@ def prepare_data(config, workdir: str) -> str:
 class SegmentationTask:
     """Face parsing for `train.train_and_evaluate` (see `train.ClassificationTask`)."""
 
-    best_metric = "val_miou"
+    best_metric = checkpointing.BEST_METRIC["segmentation"]
 
     def __init__(self, config: ml_collections.ConfigDict):
         self.config = config
@@ -373,8 +382,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", required=True)
     p.add_argument("--checkpoint", default="latest", help="latest, best or a step number")
     p.add_argument("--split", default="test")
+    console.add_argument(p)
     args = p.parse_args(argv)
-    return report(args.workdir, checkpoint=args.checkpoint, split=args.split)
+    console.setup(args.verbose)
+    try:
+        return report(args.workdir, checkpoint=args.checkpoint, split=args.split)
+    except (FileNotFoundError, ValueError) as e:  # not a run, no checkpoint, bad --checkpoint
+        sys.exit(f"error: {e}")
 
 
 def report(workdir: str, *, checkpoint: str = "latest", split: str = "test",
@@ -391,6 +405,4 @@ def report(workdir: str, *, checkpoint: str = "latest", split: str = "test",
 
 
 if __name__ == "__main__":
-    import sys
-
     sys.exit(main())

@@ -38,7 +38,7 @@ import jax
 import numpy as np
 import tqdm
 
-from deepfake_jax import evaluate, faces, seg_train, segmentation, sharding
+from deepfake_jax import console, evaluate, faces, seg_train, segmentation, sharding
 from deepfake_jax.image_io import ImageDecodeError, decode_image_rgb, list_images
 
 FACE_MARGIN = 0.3
@@ -261,11 +261,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--min-face-fraction", type=float, default=0.02,
                    help="below this share of face-class pixels an image has no face")
+    console.add_argument(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    console.setup(args.verbose)
     try:
         rows = segment_paths(args.workdir, args.inputs, args.output, checkpoint=args.checkpoint,
                              face_crop=args.face_crop, recursive=args.recursive,

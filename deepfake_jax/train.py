@@ -618,7 +618,7 @@ class ClassificationTask:
     validation summary (ranked by `best_metric`) and final evaluation. Real/fake detection
     here; face parsing in `seg_train.SegmentationTask`."""
 
-    best_metric = "val_roc_auc"
+    best_metric = checkpointing.BEST_METRIC["classification"]
 
     def __init__(self, config: ml_collections.ConfigDict):
         self.config = config

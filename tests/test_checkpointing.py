@@ -43,3 +43,62 @@ def test_truncated_checkpoint_gives_a_clear_error(tmp_path):
                     f.truncate(os.path.getsize(path) // 2)
     with pytest.raises(checkpointing.CheckpointError, match="could not restore checkpoint step 1"):
         ckpt.restore(1, _abstract(_state(0.0)))
+
+
+def _validated(workdir: str, metric: str) -> dict[int, float]:
+    """{step: metric} of the run's validations (metrics.jsonl), the ranking's ground truth."""
+    import json
+
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    return {r["step"]: r[metric] for r in rows if r["kind"] == "val" and metric in r}
+
+
+@pytest.mark.parametrize("run, metric", [("trained_workdir", "val_roc_auc"),
+                                         ("parsing_run", "val_miou")])
+def test_best_latest_and_step_of_a_run_use_its_own_metric(run, metric, request):
+    from deepfake_jax import evaluate
+
+    workdir, _ = request.getfixturevalue(run)
+    config = evaluate.load_run_config(workdir)
+    assert checkpointing.best_metric_of(config) == metric
+    ckpt = checkpointing.open_run(workdir, config)
+    steps = sorted(ckpt.all_steps())
+    validated = {s: v for s, v in _validated(workdir, metric).items() if s in steps}
+    assert validated, "the tiny run keeps at least one validated checkpoint"
+    best = ckpt.select("best")
+    assert validated[best] == max(validated.values())
+    assert ckpt.select("latest") == steps[-1]
+    assert ckpt.select(str(steps[0])) == ckpt.select(steps[0]) == steps[0]
+    for bad in ("first", "999", "-1"):
+        with pytest.raises(ValueError, match=rf"use latest, best or one of \[{steps[0]}"):
+            ckpt.select(bad)
+    ckpt.close()
+    # What every CLI calls (evaluate, predict, export, seg_train, segment, the app).
+    mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    _, state, step = evaluate.restore_state(config, workdir, "best", mesh)
+    assert step == best and state is not None
+
+
+def test_best_of_a_run_never_validated_is_refused(tmp_path):
+    ckpt = checkpointing.Checkpointer(str(tmp_path), best_metric="val_miou", async_save=False)
+    ckpt.save(2, _state(2))  # e.g. a run halted before its first validation
+    ckpt.wait()
+    assert ckpt.select("latest") == 2
+    with pytest.raises(ValueError, match="has val_miou .no validation yet.; use latest or one "
+                                         r"of \[2\]"):
+        ckpt.select("best")
+    ckpt.close()
+    with pytest.raises(FileNotFoundError, match="no checkpoint in"):
+        checkpointing.Checkpointer(str(tmp_path / "empty"), async_save=False).select("best")
+
+
+def test_best_metric_of_names_the_task():
+    import ml_collections
+
+    assert checkpointing.best_metric_of(ml_collections.ConfigDict()) == "val_roc_auc"
+    config = ml_collections.ConfigDict({"task": "segmentation"})
+    assert checkpointing.best_metric_of(config) == "val_miou"
+    config.task = "detection"
+    with pytest.raises(ValueError, match="config.task='detection': expected one of"):
+        checkpointing.best_metric_of(config)

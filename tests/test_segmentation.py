@@ -466,20 +466,6 @@ def test_poly_schedule_and_task_choice():
 # ----------------------------------------------------------------------------- training, CLI
 
 
-@pytest.fixture(scope="session")
-def parsing_run(tmp_path_factory):
-    """configs/bisenet_face_parsing.py:tiny trained (4 steps) on 8 devices: (workdir, summary)."""
-    import jax
-
-    from configs import bisenet_face_parsing
-    from deepfake_jax import train
-
-    workdir = str(tmp_path_factory.mktemp("parsing_run"))
-    config = bisenet_face_parsing.get_config("tiny")
-    assert jax.device_count() == 8
-    return workdir, train.train_and_evaluate(config, workdir)
-
-
 def test_training_writes_parsing_metrics_and_pictures(parsing_run):
     workdir, summary = parsing_run
     assert summary["step"] == 4

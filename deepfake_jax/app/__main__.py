@@ -9,6 +9,8 @@ import time
 
 from absl import logging
 
+from deepfake_jax import console
+
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m deepfake_jax.app", description=(
@@ -26,6 +28,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=16, help="images per jitted step")
     p.add_argument("--max-upload-mb", type=float, default=32, help="limit of one upload")
     p.add_argument("--max-megapixels", type=float, default=40, help="limit per image")
+    console.add_argument(p)
     return p.parse_args(argv)
 
 
@@ -73,7 +76,7 @@ def load_everything(args) -> tuple[list, object, list[str]]:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    logging.set_verbosity(logging.INFO)
+    console.setup(args.verbose)
     try:
         from werkzeug.serving import make_server
 
