@@ -89,19 +89,18 @@ def learning_rate_schedule(opt_config: ml_collections.ConfigDict, total_steps: i
     peak = float(opt_config.learning_rate)
     warmup = min(int(opt_config.warmup_steps), max(total_steps - 1, 0))
     if opt_config.get("schedule", "cosine") == "poly":  # BiSeNet's (1 - t/T)^power decay
-        decay = optax.polynomial_schedule(
+        after = optax.polynomial_schedule(
             peak, peak * float(opt_config.get("end_lr_factor", 0.0)),
             float(opt_config.get("power", 0.9)), max(total_steps - warmup, 1))
-        return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup])
-    if opt_config.get("schedule", "cosine") == "constant":
-        return optax.join_schedules(
-            [optax.linear_schedule(0.0, peak, warmup), optax.constant_schedule(peak)], [warmup]
-        )
-    return optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=peak, warmup_steps=warmup,
-        decay_steps=max(total_steps, warmup + 1),
-        end_value=peak * float(opt_config.get("end_lr_factor", 0.01)),
-    )
+    elif opt_config.get("schedule", "cosine") == "constant":
+        after = optax.constant_schedule(peak)
+    else:  # optax.warmup_cosine_decay_schedule's decay, without its warm-up
+        end_factor = float(opt_config.get("end_lr_factor", 0.01))
+        after = optax.cosine_decay_schedule(peak, max(total_steps, warmup + 1) - warmup,
+                                            alpha=end_factor if peak else 0.0)
+    if warmup <= 0:  # no ramp: optax logs "non-positive transition_steps" for an empty one
+        return after
+    return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), after], [warmup])
 
 
 PARAM_GROUPS = ("backbone", "head")

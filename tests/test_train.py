@@ -112,3 +112,26 @@ def test_resume_matches_uninterrupted_run_and_writes_evaluation(tmp_path):
     test_m = json.load(open(os.path.join(full, "eval", "test", "metrics.json")))
     assert test_m["threshold"] == valid_m["threshold"] and test_m["threshold_from"] == "valid"
     assert os.listdir(os.path.join(full, "checkpoints"))
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "constant", "poly"])
+def test_schedules_without_warmup_equal_optax_and_log_nothing(schedule, caplog):
+    import logging
+
+    import ml_collections
+    import optax
+
+    opt = ml_collections.ConfigDict(dict(learning_rate=0.1, warmup_steps=0, schedule=schedule,
+                                         end_lr_factor=0.01, power=0.9))
+    with caplog.at_level(logging.INFO):
+        lr = train.learning_rate_schedule(opt, 20)
+        with_ramp = train.learning_rate_schedule(ml_collections.ConfigDict(
+            dict(opt, warmup_steps=3)), 20)
+    # optax logs "non-positive `transition_steps`" for an empty warm-up ramp: none is built.
+    assert "transition_steps" not in caplog.text
+    reference = {"cosine": optax.warmup_cosine_decay_schedule(0.0, 0.1, 0, 20, end_value=0.001),
+                 "constant": optax.constant_schedule(0.1),
+                 "poly": optax.polynomial_schedule(0.1, 0.001, 0.9, 20)}[schedule]
+    np.testing.assert_allclose([float(lr(i)) for i in range(25)],
+                               [float(reference(i)) for i in range(25)], rtol=1e-6)
+    assert float(with_ramp(0)) == 0.0 and float(with_ramp(3)) == pytest.approx(0.1)
