@@ -1,22 +1,21 @@
-"""Benchmark: a TFDS GeneratorBasedBuilder (file_format="array_record") vs data_prep.convert.
+"""Benchmark: our ArrayRecord records vs a TFDS dataset, both written by data_prep.convert.
 
-Not part of the tests. TFDS must NOT be installed into the project venv; use a separate one:
+Not part of the tests. Needs the `tfds` extra (pip install -e '.[tfds]'); no TensorFlow.
 
-    python -m venv /tmp/tfds-venv
-    /tmp/tfds-venv/bin/pip install tensorflow-datasets array-record numpy pillow
-    source .venv/bin/activate
-    python bench/tfds_vs_direct.py --tfds-python /tmp/tfds-venv/bin/python [--images DIR] [-n 300]
+    python bench/tfds_vs_direct.py [--images DIR] [-n 300] [--repeats 3]
 
 Without --images it writes n small random-content JPEGs (256 px); with --images DIR (a folder
 with real/ and fake/ subfolders, e.g. ../shared/data/faces-sample/140k) it takes the first n/2
-of each class. The same files are converted twice:
+of each class. The same files are converted twice, after the same validation and report:
 
-  direct: data_prep.convert (decode-validate, sha256, msgpack records, report)   [project venv]
-  tfds:   GeneratorBasedBuilder, tfds.features.Image given file PATHS, ClassLabel, Text
-          download_and_prepare() then tfds.data_source(...) random reads          [tfds venv]
+  direct: --format arrayrecord (msgpack records, group_size:1)
+  tfds:   --format tfds (tf.train.Example records written by TFDS, array_record)
 
-and checked: are the stored bytes the original files (the original bytes occur contiguously in
-each serialized record), and does tfds.data_source read without TensorFlow.
+and each is read in a random order, every record once: the record only (our msgpack decode /
+tfds.data_source with image decoding skipped), then with the image decoded to RGB by
+`image_io.decode_image_rgb` (what the input pipeline does), and for TFDS also with TFDS's own
+numpy image decoding. Median wall time over --repeats. Check `uptime` first: timings on a
+loaded machine are not comparable.
 """
 
 from __future__ import annotations
@@ -25,71 +24,12 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
+import statistics
 import sys
 import tempfile
 import time
 
-_TFDS_PART = r'''
-import json, os, sys, time
-t_import = time.perf_counter()
-import numpy as np
-import tensorflow_datasets as tfds
-t_import = time.perf_counter() - t_import
-src, data_dir = sys.argv[1], sys.argv[2]
-files = []
-for label, cls in enumerate(("real", "fake")):
-    for name in sorted(os.listdir(os.path.join(src, "train", cls))):
-        files.append((os.path.join(src, "train", cls, name), label, f"train/{cls}/{name}"))
-
-class FacesBench(tfds.core.GeneratorBasedBuilder):
-    VERSION = tfds.core.Version("1.0.0")
-
-    def _info(self):
-        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(encoding_format="jpeg"),
-            "label": tfds.features.ClassLabel(names=["real", "fake"]),
-            "path": tfds.features.Text()}))
-
-    def _split_generators(self, dl_manager):
-        return {"train": self._generate_examples()}
-
-    def _generate_examples(self):
-        for path, label, rel in files:
-            yield rel, {"image": path, "label": label, "path": rel}
-
-t0 = time.perf_counter()
-builder = FacesBench(data_dir=data_dir, file_format="array_record")
-builder.download_and_prepare()
-t_build = time.perf_counter() - t0
-size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(data_dir) for f in fs)
-
-ds = tfds.data_source("faces_bench", split="train", data_dir=data_dir)
-t0 = time.perf_counter()
-rng = np.random.default_rng(0)
-order = rng.permutation(len(ds))
-items = [ds[int(i)] for i in order]
-t_read = time.perf_counter() - t0
-# raw records: is each original file contained byte-for-byte?
-from array_record.python.array_record_data_source import ArrayRecordDataSource
-shards = sorted(os.path.join(d, f) for d, _, fs in os.walk(data_dir) for f in fs
-                if ".array_record" in f)
-raw = ArrayRecordDataSource(shards)
-originals = {rel: open(p, "rb").read() for p, _, rel in files}
-identical = 0
-for i in range(len(raw)):
-    rec = raw[i]
-    identical += any(orig in rec for orig in originals.values())
-print(json.dumps({
-    "tfds_version": tfds.__version__, "tensorflow_imported": "tensorflow" in sys.modules,
-    "import_s": t_import, "build_s": t_build, "bytes_on_disk": size,
-    "num_records": len(ds), "read_random_s": t_read,
-    "first_item": {k: (f"ndarray{v.shape} {v.dtype}" if hasattr(v, "shape") and v.ndim
-                       else (v.decode() if isinstance(v, bytes) else str(v)))
-                   for k, v in items[0].items()},
-    "records_containing_original_bytes": identical,
-}))
-'''
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def make_inputs(src: str | None, n: int, dest: str) -> None:
@@ -112,65 +52,98 @@ def make_inputs(src: str | None, n: int, dest: str) -> None:
                     f.write(enc.tobytes())
 
 
-def run_direct(src: str, out: str) -> dict:
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    t0 = time.perf_counter()
-    from data_prep import convert
-    from deepfake_jax import records
-    t_import = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    manifest = convert.convert(src, out, layout="generic", show_progress=False)
-    t_build = time.perf_counter() - t0
+def _disk(path: str) -> int:
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs
+               if f.endswith(".array_record") or ".array_record-" in f)
+
+
+def _median_s(read, order, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for i in order:
+            read(int(i))
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def run(src: str, work: str, repeats: int) -> dict:
     import grain
     import numpy as np
+    import tensorflow_datasets as tfds
 
-    files = [f for s in manifest["splits"] for f in records.split_files(out, s)]
-    size = sum(os.path.getsize(os.path.join(out, f)) for f in os.listdir(out))
-    shard_size = sum(os.path.getsize(f) for f in files)
+    from data_prep import convert
+    from deepfake_jax import records
     from deepfake_jax.image_io import decode_image_rgb
 
-    source = grain.sources.ArrayRecordDataSource(files)
-    t0 = time.perf_counter()
-    items = []
-    for i in np.random.default_rng(0).permutation(len(source)):
-        rec = records.decode_record(source[int(i)])
-        items.append(decode_image_rgb(rec["image"], rec["path"]))
-    t_read = time.perf_counter() - t0
-    identical = 0
-    for i in range(len(source)):
-        rec = records.decode_record(source[i])
-        with open(os.path.join(src, rec["path"]), "rb") as f:
-            identical += f.read() == rec["image"]
-    return {"import_s": t_import, "build_s": t_build, "bytes_on_disk_all": size,
-            "bytes_on_disk_shards": shard_size, "num_records": len(source),
-            "read_random_s": t_read, "records_identical_to_original": identical}
+    out: dict = {}
+    for fmt in ("arrayrecord", "tfds"):
+        t0 = time.perf_counter()
+        convert.convert(src, os.path.join(work, fmt), layout="generic", show_progress=False,
+                        output_format=fmt, tfds_name="faces_bench")
+        out[fmt] = {"build_s": time.perf_counter() - t0,
+                    "bytes_on_disk": _disk(os.path.join(work, fmt))}
+
+    direct = grain.sources.ArrayRecordDataSource(
+        records.split_files(os.path.join(work, "arrayrecord"), "train"))
+    raw_tfds = tfds.data_source("faces_bench", split="train",
+                                data_dir=os.path.join(work, "tfds"),
+                                decoders={"image": tfds.decode.SkipDecoding()})
+    np_tfds = tfds.data_source("faces_bench", split="train",
+                               data_dir=os.path.join(work, "tfds"))
+    order = np.random.default_rng(0).permutation(len(direct))
+    identical = sum(records.decode_record(direct[i])["image"] == raw_tfds[i]["image"]
+                    for i in range(len(direct)))
+
+    def direct_record(i):
+        return records.decode_record(direct[i])
+
+    def direct_rgb(i):
+        r = records.decode_record(direct[i])
+        return decode_image_rgb(r["image"], r["path"])
+
+    def tfds_rgb(i):
+        r = raw_tfds[i]
+        return decode_image_rgb(r["image"], "tfds")
+
+    for fmt, key, fn in (("arrayrecord", "read_record_s", direct_record),
+                         ("arrayrecord", "read_decode_rgb_s", direct_rgb),
+                         ("tfds", "read_record_s", lambda i: raw_tfds[i]),
+                         ("tfds", "read_decode_rgb_s", tfds_rgb),
+                         ("tfds", "read_tfds_numpy_decode_s", lambda i: np_tfds[i])):
+        out[fmt][key] = _median_s(fn, order, repeats)
+    out["num_records"] = len(direct)
+    out["same_image_bytes"] = identical
+    return out
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--images", default=None, help="folder with real/ and fake/ (optional)")
     p.add_argument("-n", type=int, default=300)
-    p.add_argument("--tfds-python", default="/tmp/tfds-venv/bin/python")
+    p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
+    print("load average (1, 5, 15 min):", os.getloadavg())
     work = tempfile.mkdtemp(prefix="tfds_vs_direct_")
     try:
         src = os.path.join(work, "images")
         make_inputs(args.images, args.n, src)
-        n_bytes = sum(os.path.getsize(os.path.join(d, f))
-                      for d, _, fs in os.walk(src) for f in fs)
-        print(f"{args.n} JPEGs, {n_bytes / 1e6:.2f} MB in {src}")
-        direct = run_direct(src, os.path.join(work, "direct"))
-        print("direct:", json.dumps(direct, indent=1))
-        t0 = time.perf_counter()
-        proc = subprocess.run([args.tfds_python, "-c", _TFDS_PART, src,
-                               os.path.join(work, "tfds")], capture_output=True, text=True)
-        wall = time.perf_counter() - t0
-        if proc.returncode != 0:
-            print("tfds part failed:\n", proc.stderr[-3000:])
-            return
-        tfds_res = json.loads(proc.stdout.strip().splitlines()[-1])
-        tfds_res["process_wall_s"] = wall
-        print("tfds:", json.dumps(tfds_res, indent=1))
+        res = run(src, work, args.repeats)
+        n = res["num_records"]
+        print(json.dumps(res, indent=1))
+        print(f"\n{n} records, random order, median of {args.repeats}:")
+        print(f"{'':28s} {'arrayrecord':>12s} {'tfds':>12s}")
+        for key, label in (("build_s", "convert (s)"), ("bytes_on_disk", "shards (MB)"),
+                           ("read_record_s", "read record (us/record)"),
+                           ("read_decode_rgb_s", "+ decode RGB (us/record)")):
+            a, t = res["arrayrecord"][key], res["tfds"][key]
+            if key == "bytes_on_disk":
+                a, t = a / 1e6, t / 1e6
+            elif key.startswith("read"):
+                a, t = a / n * 1e6, t / n * 1e6
+            print(f"{label:28s} {a:12.2f} {t:12.2f}")
+        print(f"{'TFDS numpy decode (us/record)':28s} {'':12s} "
+              f"{res['tfds']['read_tfds_numpy_decode_s'] / n * 1e6:12.2f}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
