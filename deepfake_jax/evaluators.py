@@ -129,6 +129,11 @@ ROBUSTNESS_LEVELS: dict[str, tuple[float, ...]] = {
 }
 
 
+# What each corruption's level means (augment.corrupt), for the plot's axes.
+ROBUSTNESS_AXES = {"jpeg": "JPEG quality", "blur": "Gaussian sigma (px)",
+                   "resize": "scale (down and back up)", "noise": "noise sigma (fraction of 255)"}
+
+
 def robustness_sweep(eval_fn, state, mesh, preprocess, batch_size: int, files: list[str],
                      threshold: float, out_dir: str,
                      levels: dict[str, tuple[float, ...]] | None = None,
@@ -169,16 +174,24 @@ def _plot_robustness(rows: list[dict[str, Any]], path: str) -> None:
 
     clean = rows[0]
     kinds = [k for k in ROBUSTNESS_LEVELS if any(r["corruption"] == k for r in rows)]
-    fig, axes = plt.subplots(1, len(kinds), figsize=(3.2 * len(kinds), 3.2), squeeze=False)
+    values = [r[key] for r in rows for key in ("roc_auc", "accuracy") if r[key] is not None]
+    bottom = min(0.4, np.floor(min(values, default=0.4) * 10) / 10)  # a bad model stays in view
+    fig, axes = plt.subplots(1, len(kinds), figsize=(3.2 * len(kinds), 3.5), squeeze=False,
+                             sharey=True)
     for ax, kind in zip(axes[0], kinds, strict=True):
         sub = [r for r in rows if r["corruption"] == kind]
-        xs = [str(r["level"]) for r in sub]
-        for key, style in (("roc_auc", "o-"), ("accuracy", "s--")):
-            ax.plot(xs, [r[key] for r in sub], style, label=key)
-            ax.axhline(clean[key], color="gray", lw=0.8, ls=":")
-        ax.set(title=kind, xlabel="level", ylim=(0.4, 1.01))
-    axes[0][0].legend(loc="lower left")
-    fig.tight_layout()
+        # Levels at even steps, named by their value (strings would make matplotlib log a
+        # "categorical units" line per axis).
+        xs = np.arange(len(sub))
+        for key, name, style, colour in (("roc_auc", "ROC AUC", "o-", "C0"),
+                                         ("accuracy", "accuracy", "s--", "C1")):
+            ax.plot(xs, [r[key] for r in sub], style, color=colour, label=name)
+            ax.axhline(clean[key], color=colour, lw=0.8, ls=":", label=f"{name}, clean")
+        ax.set_xticks(xs, [f"{r['level']:g}" for r in sub])
+        ax.set(title=kind, xlabel=ROBUSTNESS_AXES.get(kind, "level"), ylim=(bottom, 1.01))
+    handles, names = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=4, frameon=False)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)
 

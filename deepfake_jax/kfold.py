@@ -134,9 +134,11 @@ def run_kfold(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
         metrics.write_json(results, os.path.join(out_dir, "results.json"))
         with open(os.path.join(out_dir, "results.md"), "w") as f:
             f.write(f"# {k}-fold cross-validation (seed {config.seed})\n\n{table}\n")
-        plot_metrics = dict(pooled, threshold=float(np.mean([m["threshold"]
-                                                             for m in per_fold])))
-        metrics.save_plots(labels, scores, plot_metrics, out_dir,
-                           title="pooled (per-fold thresholds; line = their mean)")
+        # Each fold's predictions used its own threshold: the confusion matrix pools those;
+        # the histogram's line is their mean (one line cannot show k thresholds).
+        mean_threshold = float(np.mean([m["threshold"] for m in per_fold]))
+        metrics.save_plots(labels, scores, dict(pooled, threshold=mean_threshold), out_dir,
+                           title=f"{k} folds pooled",
+                           threshold_text=f"per-fold thresholds (mean {mean_threshold:.3f})")
     logging.info("%d-fold cross-validation:\n%s", k, table)
     return results

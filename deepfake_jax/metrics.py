@@ -130,53 +130,99 @@ def bootstrap_intervals(labels: np.ndarray, scores: np.ndarray, threshold: float
     return out
 
 
+def relative_luminance(rgb) -> float:
+    """WCAG relative luminance of an sRGB colour with channels in [0, 1]."""
+    lin = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in rgb[:3]]
+    return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+
+
+def contrast_ratio(rgb_a, rgb_b) -> float:
+    """WCAG contrast ratio of two colours (1 to 21; 4.5 is the bar for readable text)."""
+    la, lb = sorted((relative_luminance(rgb_a), relative_luminance(rgb_b)), reverse=True)
+    return (la + 0.05) / (lb + 0.05)
+
+
+def text_colour_on(rgb) -> str:
+    """"black" or "white", whichever contrasts more with a background colour."""
+    return "black" if contrast_ratio(rgb, (0, 0, 0)) >= contrast_ratio(rgb, (1, 1, 1)) else "white"
+
+
+def draw_confusion_matrix(ax, cm: np.ndarray, class_names=CLASS_NAMES):
+    """Counts in cells coloured by count; each count's colour is chosen against the colour its
+    cell is actually drawn in. Returns (image, texts)."""
+    cm = np.asarray(cm)
+    image = ax.imshow(cm, cmap="Blues")
+    texts = [ax.text(j, i, str(v), ha="center", va="center", fontsize=12,
+                     color=text_colour_on(image.cmap(image.norm(v))))
+             for (i, j), v in np.ndenumerate(cm)]
+    ticks = np.arange(len(class_names))
+    ax.set(xticks=ticks, yticks=ticks, xticklabels=class_names, yticklabels=class_names,
+           xlabel="predicted", ylabel="true")
+    return image, texts
+
+
+def fit_title(ax, text: str, fontsize: float = 11) -> None:
+    """A title wrapped to the width of its figure (a long one is not cut off)."""
+    import textwrap
+
+    width_px = ax.figure.get_figwidth() * ax.figure.dpi
+    chars = max(int(width_px / (0.6 * fontsize * ax.figure.dpi / 72)), 10)
+    if len(text) > chars and ", " in text:  # break between the parts first
+        text = text.replace(", ", "\n", 1)
+    ax.set_title("\n".join(textwrap.fill(line, chars) for line in text.split("\n")),
+                 fontsize=fontsize)
+
+
 def save_plots(labels: np.ndarray, scores: np.ndarray, metrics: dict[str, Any], out_dir: str,
-               title: str = "") -> list[str]:
-    """ROC, PR and confusion-matrix PNGs; returns the written paths."""
+               title: str = "", threshold_text: str | None = None) -> list[str]:
+    """ROC, PR, confusion-matrix, score-histogram and reliability PNGs; returns the paths.
+
+    `threshold_text` names the threshold the confusion matrix and the histogram's line show
+    (default "threshold <metrics['threshold']>")."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     os.makedirs(out_dir, exist_ok=True)
+    threshold_text = threshold_text or f"threshold {metrics['threshold']:.3f}"
     written = []
     if metrics.get("roc_auc") is not None:
         fpr, tpr, _ = skm.roc_curve(labels, scores)
         fig, ax = plt.subplots(figsize=(4.5, 4.5))
         ax.plot(fpr, tpr, label=f"AUC = {metrics['roc_auc']:.4f}")
-        ax.plot([0, 1], [0, 1], "k--", lw=0.8)
+        ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="chance")
         ax.plot([metrics["eer"]], [1 - metrics["eer"]], "o", label=f"EER = {metrics['eer']:.4f}")
-        ax.set(xlabel="false positive rate (real called fake)", ylabel="true positive rate",
-               title=f"ROC {title}".strip())
+        ax.set(xlabel="false positive rate (real called fake)", ylabel="true positive rate")
+        fit_title(ax, f"ROC {title}".strip())
         ax.legend(loc="lower right")
         written.append(_save(fig, os.path.join(out_dir, "roc.png")))
 
         precision, recall, _ = skm.precision_recall_curve(labels, scores)
         fig, ax = plt.subplots(figsize=(4.5, 4.5))
-        ax.plot(recall, precision, label=f"AP = {metrics['average_precision']:.4f}")
-        ax.set(xlabel="recall (fake)", ylabel="precision (fake)", title=f"PR {title}".strip(),
-               ylim=(0, 1.02))
-        ax.legend(loc="lower left")
+        ax.plot(recall, precision, drawstyle="steps-post",
+                label=f"AP = {metrics['average_precision']:.4f}")
+        ax.axhline(np.mean(labels), color="k", ls="--", lw=0.8, label="chance (share of fakes)")
+        ax.set(xlabel="recall (fake)", ylabel="precision (fake)", ylim=(0, 1.02))
+        fit_title(ax, f"PR {title}".strip())
+        ax.legend(loc="best")
         written.append(_save(fig, os.path.join(out_dir, "pr.png")))
 
-    cm = np.asarray(metrics["confusion_matrix"])
     fig, ax = plt.subplots(figsize=(4, 3.6))
-    ax.imshow(cm, cmap="Blues")
-    for (i, j), v in np.ndenumerate(cm):
-        ax.text(j, i, str(v), ha="center", va="center",
-                color="white" if v > cm.max() / 2 else "black")
-    ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=CLASS_NAMES, yticklabels=CLASS_NAMES,
-           xlabel="predicted", ylabel="true",
-           title=f"threshold {metrics['threshold']:.3f} {title}".strip())
+    draw_confusion_matrix(ax, metrics["confusion_matrix"])
+    fit_title(ax, f"{title}, {threshold_text}" if title else threshold_text)
     written.append(_save(fig, os.path.join(out_dir, "confusion_matrix.png")))
 
-    fig, ax = plt.subplots(figsize=(5, 3.6))
+    fig, ax = plt.subplots(figsize=(5, 3.9))
     edges = np.linspace(0, 1, 41)
     for label, name in enumerate(CLASS_NAMES):
         ax.hist(np.asarray(scores)[np.asarray(labels) == label], bins=edges, alpha=0.6, label=name)
-    ax.axvline(metrics["threshold"], color="k", ls="--", lw=1, label="threshold")
-    ax.set(xlabel="p_fake", ylabel="images", title=f"scores by class {title}".strip())
-    ax.legend()
+    ax.axvline(metrics["threshold"], color="k", ls="--", lw=1, label=threshold_text)
+    ax.set(xlabel="p_fake", ylabel="images")
+    fit_title(ax, f"scores by class {title}".strip())
+    # Below the axes: inside, the legend hides the bars around the threshold.
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3, fontsize=9,
+              frameon=False)
     written.append(_save(fig, os.path.join(out_dir, "score_histogram.png")))
 
     if metrics.get("reliability"):
@@ -185,7 +231,8 @@ def save_plots(labels: np.ndarray, scores: np.ndarray, metrics: dict[str, Any], 
         ax.plot([0, 1], [0, 1], "k--", lw=0.8)
         ax.plot([r["mean_p_fake"] for r in rel], [r["fraction_fake"] for r in rel], "o-")
         ax.set(xlabel="mean p_fake in bin", ylabel="fraction fake in bin", xlim=(0, 1),
-               ylim=(0, 1), title=f"reliability, ECE {metrics['ece']:.3f} {title}".strip())
+               ylim=(0, 1))
+        fit_title(ax, f"{f'reliability {title}'.strip()}, ECE {metrics['ece']:.3f}")
         written.append(_save(fig, os.path.join(out_dir, "reliability.png")))
     return written
 

@@ -322,11 +322,16 @@ def plot_confusion_matrix(cm: np.ndarray, path: str, title: str = "",
     rows = cm.sum(axis=1, keepdims=True)
     norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
     fig, ax = plt.subplots(figsize=(8, 7))
-    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    # Classes absent from the split are grey rows, not white ones (which would read as 0 %).
+    absent = np.broadcast_to(rows == 0, norm.shape)
+    cmap = plt.get_cmap("Blues").with_extremes(bad="0.8")
+    im = ax.imshow(np.ma.masked_array(norm, absent), cmap=cmap, vmin=0, vmax=1)
     ticks = np.arange(len(class_names))
-    ax.set_xticks(ticks, class_names, rotation=90, fontsize=7)
-    ax.set_yticks(ticks, class_names, fontsize=7)
-    ax.set(xlabel="predicted", ylabel="true", title=title or "confusion matrix (row-normalised)")
+    ax.set_xticks(ticks, class_names, rotation=90, fontsize=8)
+    ax.set_yticks(ticks, class_names, fontsize=8)
+    default = "confusion matrix (row-normalised" + ("; grey: class absent)" if absent.any()
+                                                    else ")")
+    ax.set(xlabel="predicted", ylabel="true", title=title or default)
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -368,10 +373,22 @@ def overlay_labels(image: np.ndarray, label_map: np.ndarray, alpha: float = 0.5)
 
 def save_overlay_grid(images: list[np.ndarray], truths: list[np.ndarray],
                       predictions: list[np.ndarray], path: str) -> str:
-    """Rows of [image | true-label overlay | predicted overlay] as one PNG."""
+    """Rows of [image | true-label overlay | predicted overlay] as one PNG, under a header
+    naming the columns; images narrower than 128 px are enlarged (pixel for pixel) to be seen."""
     rows = [np.concatenate([im, overlay_labels(im, t), overlay_labels(im, p)], axis=1)
             for im, t, p in zip(images, truths, predictions, strict=True)]
     grid = np.concatenate(rows, axis=0)
+    width = grid.shape[1] // 3
+    scale = max(1, -(-128 // width))
+    if scale > 1:
+        grid = cv2.resize(grid, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
+        width *= scale
+    header = np.full((24, grid.shape[1], 3), 255, np.uint8)
+    for i, name in enumerate(("image", "truth", "prediction")):
+        (w, _), _ = cv2.getTextSize(name, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)
+        cv2.putText(header, name, (i * width + max((width - w) // 2, 0), 17),
+                    cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    grid = np.concatenate([header, grid], axis=0)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     if not cv2.imwrite(path, cv2.cvtColor(grid, cv2.COLOR_RGB2BGR)):
         raise OSError(f"cannot write {path}")

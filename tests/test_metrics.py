@@ -100,3 +100,33 @@ def test_subset_metrics_ciplab_difficulty_and_regions():
     assert hard["roc_auc"] == pytest.approx(2 / 3) and hard["fake_detected"] == 0.0
     assert rows[("edited", "left_eye")]["num_fake"] == 2
     assert metrics.subset_metrics(labels, scores, 0.5, [{}] * 6) == []
+
+
+@pytest.mark.parametrize("cm", [[[304, 196], [214, 286]],  # balanced, a middling model
+                                [[798, 152], [8, 42]],     # unbalanced
+                                [[9, 7], [4, 12]],          # small counts, min far from 0
+                                [[5, 5], [5, 5]]])          # one colour everywhere
+def test_confusion_matrix_counts_contrast_with_their_cells(cm):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.colors as mcolors
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    image, texts = metrics.draw_confusion_matrix(ax, np.array(cm))
+    fig.canvas.draw()  # the colours as rendered
+    drawn = image.make_image(fig.canvas.get_renderer(), unsampled=True)[0]
+    for text, v in zip(texts, np.ravel(cm), strict=True):
+        i, j = int(round(text.get_position()[1])), int(round(text.get_position()[0]))
+        cell = drawn[i, j, :3] / 255.0
+        assert text.get_text() == str(v)
+        assert metrics.contrast_ratio(mcolors.to_rgb(text.get_color()), cell) >= 4.5, (v, cell)
+    plt.close(fig)
+
+
+def test_contrast_ratio_matches_wcag():
+    assert metrics.contrast_ratio((0, 0, 0), (1, 1, 1)) == pytest.approx(21.0)
+    assert metrics.contrast_ratio((1, 1, 1), (1, 1, 1)) == pytest.approx(1.0)
+    assert metrics.text_colour_on((0.03, 0.19, 0.42)) == "white"  # Blues' darkest
+    assert metrics.text_colour_on((0.97, 0.98, 1.0)) == "black"  # Blues' lightest
