@@ -112,6 +112,8 @@ def evaluate_checkpoint(workdir: str, *, checkpoint: str = "latest", use_ema: bo
         name = "synthetic" if data_dir == own and not config.data.get("dir") else (
             os.path.basename(os.path.normpath(data_dir)))
         name = "mix" if mixed and data_dir == own else name
+        if data_dir == own and datasets.tfds_config(config) is not None:
+            name = config.data.tfds.name  # its splits are read with tfds.data_source
         files = (datasets.split_files(config, own, split) if data_dir == own
                  else records.split_files(data_dir, split))
         file_domains = ({**domain_mix.file_domains(mixed, config.data.val_split),

@@ -121,6 +121,11 @@ def test_tfds_dataset_trains_and_evaluates_through_main(tmp_path):
     # "fake" is class 0 in this builder: mapped to our label 1 by name
     assert {(r["path"].split("/")[1], r["label"]) for r in rows} == {("real", "0"), ("fake", "1")}
     assert not os.path.exists(workdir / "data"), "nothing was generated or converted"
+    from deepfake_jax import evaluate  # a checkpoint of a TFDS run evaluates on its splits
+
+    again = evaluate.evaluate_checkpoint(str(workdir), split="test", bootstrap=0)
+    assert again["own_faces"]["roc_auc"] == pytest.approx(test["roc_auc"], abs=1e-5)
+    assert os.path.exists(workdir / "eval" / "own_faces" / "test" / "predictions.csv")
 
     bad = tfds_source.TfdsSplit("own_faces", "validation", data_dir, image_key="image")
     with pytest.raises(ValueError, match="image_key='image' is not a feature"):
