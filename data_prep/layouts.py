@@ -19,11 +19,15 @@ Layouts (the names of `--layout`), checked in this order by `detect_layout`:
            {"video": "<class>/<video>", "group": ...}: the fake video N is made from the real
            video N, so both share group N; FF++ names `<target>_<source>` (digits) join both
            sources' groups. The seeded split assigns whole GROUPS (`group_split`), so no video
-           and no real/fake pair is in two splits.
+           and no real/fake pair is in two splits. FF++'s own tree works as it is:
+           `original_sequences/<source>/<quality>/<frames>/<000>/` (real) and
+           `manipulated_sequences/<method>/<quality>/<frames>/<000_003>/` (fake); a video is
+           the folder holding its frames, its name the group key.
   generic  `<root>/<split>/<class>/` or `<root>/<class>/`. Split folders (case-insensitive):
            train | valid, val, validation | test -> canonical names train, valid, test.
-           Class folders (case-insensitive): real: real, reals, real_faces, real_images, 0;
-           fake: fake, fakes, fake_faces, fake_images, 1. Without split folders, a seeded split
+           Class folders (case-insensitive): real: real, reals, real_faces, real_images, 0,
+           original_sequences; fake: fake, fakes, fake_faces, fake_images, 1,
+           manipulated_sequences. Without split folders, a seeded split
            stratified by label.
 
 Image files: extensions .jpg .jpeg .png .webp .bmp (case-insensitive), found recursively under
@@ -56,9 +60,9 @@ SPLIT_ALIASES = {"train": "train", "valid": "valid", "val": "valid", "validation
                  "test": "test"}
 CLASS_ALIASES = {
     "real": LABEL_REAL, "reals": LABEL_REAL, "real_faces": LABEL_REAL, "real_images": LABEL_REAL,
-    "0": LABEL_REAL,
+    "0": LABEL_REAL, "original_sequences": LABEL_REAL,  # FaceForensics++'s folder names
     "fake": LABEL_FAKE, "fakes": LABEL_FAKE, "fake_faces": LABEL_FAKE, "fake_images": LABEL_FAKE,
-    "1": LABEL_FAKE,
+    "1": LABEL_FAKE, "manipulated_sequences": LABEL_FAKE,
 }
 CIPLAB_DIFFICULTIES = ("easy", "mid", "hard")
 CIPLAB_REGIONS = ("left_eye", "right_eye", "nose", "mouth")

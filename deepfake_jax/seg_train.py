@@ -261,9 +261,10 @@ def prepare_data(config, workdir: str) -> str:
         synthetic.generate_140k(
             images_dir, counts={"train": synth.train, "valid": synth.valid, "test": synth.test},
             image_size=synth.image_size, difficulty=synth.difficulty, seed=synth.seed,
-            masks=True, num_workers=synth.get("workers", 1))
+            masks=True, num_workers=synth.get("workers", 1), progress=True)
+        logging.info("Converting %s to ArrayRecord in %s", images_dir, out_dir)
         celebamask.convert(images_dir, out_dir, layout="synthetic", overwrite=True,
-                           show_progress=False)
+                           show_progress=True)
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("synthetic face-parsing data ready")
     return out_dir

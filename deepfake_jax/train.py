@@ -732,6 +732,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         os.path.join(workdir, "checkpoints"), keep_best=config.checkpoint.keep_best,
         best_metric=task.best_metric, async_save=config.checkpoint.get("async_save", True))
     start = ckpt.latest_step()
+    # Building and compiling the state takes tens of seconds for the larger models: say so.
+    logging.info("Building the %s model and its optimizer state", config.model_name)
     # config.init_from seeds a new run only: a resumed run continues from its checkpoint
     graphdef, state, state_shardings = create_train_state(config, mesh, tx,
                                                           use_init_from=start is None)
@@ -769,8 +771,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     val_files = datasets.split_files(config, dataset_dir, config.data.val_split)
     train_metrics: dict[str, float] = {}
     step = start
-    logging.info("Training %s on %s: %d examples, %d steps of %d, mesh %s", config.model_name,
-                 dataset_dir, num_train, total_steps, config.input.batch_size, dict(mesh.shape))
+    logging.info("Training %s on %s: %d examples, %d steps of %d, mesh %s (compiling the train "
+                 "step first)", config.model_name, dataset_dir, num_train, total_steps,
+                 config.input.batch_size, dict(mesh.shape))
 
     with _StopSignal() as stop:
         while step < total_steps and not control.stopped:

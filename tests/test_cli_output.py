@@ -117,16 +117,19 @@ def test_verbose_shows_the_library_lines(trained_workdir, tmp_path):
 
 @pytest.mark.slow
 def test_training_kfold_and_search(tiny_dataset, tmp_path):
-    """main (2 folds: the k-fold plots too) and a 1-trial search, 2 steps per run."""
-    common = ["--config", "configs/default.py:tiny", f"--config.data.dir={tiny_dataset}",
-              "--config.num_train_steps=4"]
+    """main (generated data, 2 folds: the k-fold plots too) and a 1-trial search, 4 steps
+    per run."""
+    common = ["--config", "configs/default.py:tiny", "--config.num_train_steps=4"]
     out = _run(["deepfake_jax.main", *common, "--workdir", str(tmp_path / "cv"),
                 "--config.kfold=2"], timeout=600)
     assert "2-fold cross-validation" in out and "step 4 validation" in out
+    # The data generation and conversion show their progress.
+    assert "Generating synthetic faces" in out and "140k: 100%" in out and "convert: 100%" in out
     _assert_quiet(out)
     pytest.importorskip("optuna", reason="the search extra (optuna) is not installed")
-    out = _run(["deepfake_jax.search", *common, "--workdir", str(tmp_path / "search"),
-                "--config.search.num_trials=1"], timeout=600)
+    out = _run(["deepfake_jax.search", *common, f"--config.data.dir={tiny_dataset}",
+                "--workdir", str(tmp_path / "search"), "--config.search.num_trials=1"],
+               timeout=600)
     assert "search results" in out
     _assert_quiet(out)
 

@@ -73,6 +73,26 @@ def test_convert_splits_by_video_group(tmp_path):
     assert {s.rel_path: s.split for s in other.samples} != {r["path"]: r["split"] for r in rows}
 
 
+def test_faceforensics_tree_groups_fakes_with_both_sources(tmp_path):
+    src = tmp_path / "ffpp"
+    for video in ("000", "003", "005", "007"):
+        write_frame(src / "original_sequences/youtube/c23/frames" / video / "0000.png", 1)
+    for method in ("Deepfakes", "FaceSwap"):
+        for video in ("000_003", "005_007"):
+            write_frame(src / "manipulated_sequences" / method / "c23/frames" / video / "0000.png",
+                        2)
+    parsed = layouts.parse_dataset(str(src), split_ratios="0.5,0.5")
+    assert parsed.layout == "videos"
+    groups = {s.rel_path: s.meta["group"] for s in parsed.samples}
+    assert groups["manipulated_sequences/FaceSwap/c23/frames/000_003/0000.png"] == "000"
+    assert groups["original_sequences/youtube/c23/frames/003/0000.png"] == "000"
+    assert set(groups.values()) == {"000", "005"}
+    assert len({(s.meta["group"], s.split) for s in parsed.samples}) == 2  # one split a group
+    fake = next(s for s in parsed.samples if "Deepfakes/c23/frames/005_007" in s.rel_path)
+    assert fake.label == 1
+    assert fake.meta["video"] == "manipulated_sequences/Deepfakes/c23/frames/005_007"
+
+
 def test_official_split_that_leaks_a_video_is_reported(tmp_path):
     src = str(tmp_path / "frames")
     make_videos(src, n_videos=3, frames=2, split="train")
