@@ -28,7 +28,7 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from deepfake_jax import datasets, metrics, train
+from deepfake_jax import datasets, metrics, train, video_metrics
 
 TABLE_METRICS = ("roc_auc", "accuracy", "balanced_accuracy", "precision", "recall", "f1", "eer",
                  "average_precision", "log_loss")
@@ -50,6 +50,23 @@ def _read_predictions(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return (np.array([int(r["label"]) for r in rows]),
             np.array([float(r["p_fake"]) for r in rows]),
             np.array([int(r["predicted"]) for r in rows]))
+
+
+def _read_metas(path: str) -> list[dict[str, Any]]:
+    with open(path, newline="") as f:
+        return [json.loads(r["meta"] or "{}") for r in csv.DictReader(f)]
+
+
+def pooled_video_metrics(labels: np.ndarray, scores: np.ndarray, metas: list[dict[str, Any]]
+                         ) -> dict[str, Any] | None:
+    """Threshold-free metrics of each video's mean p_fake over the pooled held-out frames
+    (video-frame datasets; None otherwise). Group folds keep a video's frames in one fold."""
+    table = video_metrics.video_scores(labels, scores, metas)
+    if table is None:
+        return None
+    m = metrics.binary_metrics(table["label"], table["p_fake"], 0.5)
+    return {"num_videos": int(len(table["video"])), "num_fake_videos": int(table["label"].sum()),
+            **{key: m[key] for key in ("roc_auc", "eer", "average_precision")}}
 
 
 def pooled_metrics(labels: np.ndarray, scores: np.ndarray, predicted: np.ndarray
@@ -102,7 +119,7 @@ def run_kfold(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
         multihost_utils.sync_global_devices("folds written")
     fold_dirs = [os.path.join(folds_root, f"fold_{i}") for i in range(k)]
 
-    per_fold, labels, scores, predicted = [], [], [], []
+    per_fold, labels, scores, predicted, metas = [], [], [], [], []
     for i, data_dir in enumerate(fold_dirs):
         run_dir = os.path.join(workdir, f"fold_{i}")
         test_dir = os.path.join(run_dir, "eval", "test")
@@ -119,6 +136,7 @@ def run_kfold(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
             per_fold.append(json.load(f))
         fold_labels, fold_scores, fold_pred = _read_predictions(
             os.path.join(test_dir, "predictions.csv"))
+        metas += _read_metas(os.path.join(test_dir, "predictions.csv"))
         labels.append(fold_labels)
         scores.append(fold_scores)
         predicted.append(fold_pred)
@@ -127,7 +145,14 @@ def run_kfold(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
     pooled = pooled_metrics(labels, scores, predicted)
     summary = summarize(per_fold)
     table = format_table(per_fold, summary, pooled)
+    pooled_video = pooled_video_metrics(labels, scores, metas)
+    if pooled_video:
+        table += ("\nPooled video level (each video's mean p_fake): ROC AUC "
+                  f"{pooled_video['roc_auc']:.4f}, EER {pooled_video['eer']:.4f}, AP "
+                  f"{pooled_video['average_precision']:.4f} over {pooled_video['num_videos']} "
+                  "videos")
     results = {"k": k, "seed": int(config.seed), "per_fold": per_fold, "mean_std": summary,
+               **({"pooled_video": pooled_video} if pooled_video else {}),
                "pooled": pooled, "folds_index": os.path.join(folds_root, folds.FOLDS_INDEX)}
     if jax.process_index() == 0:
         out_dir = os.path.join(workdir, "kfold")

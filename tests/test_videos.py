@@ -128,6 +128,17 @@ def test_kfold_keeps_groups_together():
         folds.assign_folds(labels, 20, 0, 0.2, groups=groups)
 
 
+def test_kfold_pools_video_scores():
+    from deepfake_jax import kfold
+
+    metas = [{"video": v} for v in ("fake/1", "fake/1", "real/1", "fake/2", "real/2")]
+    pooled = kfold.pooled_video_metrics(np.array([1, 1, 0, 1, 0]),
+                                        np.array([0.9, 0.1, 0.6, 0.8, 0.2]), metas)
+    # videos fake/1 0.5, fake/2 0.8, real/1 0.6, real/2 0.2: 3 of 4 pairs ranked right
+    assert pooled["num_videos"] == 4 and pooled["roc_auc"] == pytest.approx(0.75)
+    assert kfold.pooled_video_metrics(np.array([1, 0]), np.array([0.9, 0.1]), [{}, {}]) is None
+
+
 def test_video_level_scores_are_frame_means(tmp_path):
     metas = [{"video": v} for v in ("fake/1", "fake/1", "real/1", "real/1", "real/2")]
     labels = np.array([1, 1, 0, 0, 0])
