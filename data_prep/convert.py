@@ -447,6 +447,11 @@ def format_summary(manifest: dict[str, Any], rep: dict[str, Any], output_dir: st
     d = manifest.get("duplicates", {})
     lines.append(f"  duplicate groups: {d.get('within_split_groups', 0)} within a split, "
                  f"{d.get('cross_split_groups', 0)} across splits (leakage)")
+    v = rep.get("videos")
+    if v:
+        lines.append(f"  videos: {v['num_videos']} ({v['num_frames']} frames, {v['num_groups']} "
+                     f"groups); groups in more than one split: "
+                     f"{v['groups_across_splits']['count']}")
     lines.append(f"  report: {os.path.join(output_dir, 'report.md')}")
     return "\n".join(lines)
 
