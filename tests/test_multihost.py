@@ -93,6 +93,8 @@ def test_two_processes_match_one_process_and_restore_into_one(tiny_dataset, tmp_
     for p, out in zip(procs, outputs, strict=True):
         assert p.returncode == 0, out[-3000:]
     assert "process 1 of 2, 2 local / 4 global devices" in outputs[1]
+    # Only process 0 logs the per-step lines (process 1's would repeat them).
+    assert "step 4/6" in outputs[0] and "step 4/6" not in outputs[1], outputs[1][-2000:]
     data_dir = os.path.join(two, "checkpoints", "4", "data")
     written = sorted(f for f in os.listdir(data_dir) if f.endswith(".json"))
     assert written == ["process_0-of-2.json", "process_1-of-2.json"]
