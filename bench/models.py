@@ -20,6 +20,7 @@ For each model, at batch `--batch`:
 References: `transformers` ResNetForImageClassification (ResNet-50) and
 ViTForImageClassification (ViT-B/16, SDPA attention); VGG-16 and the seed small CNN are written
 below in plain PyTorch (torchvision's wheel for torch 2.13 CPU cannot load its ops here);
+EfficientNet-Lite0's is `efficientnet_lite_pytorch` (the `[pretrained]` extra);
 DenseNet-121 and Xception have no reference. `--dtype bfloat16` computes in bfloat16 with
 float32 parameters on both sides (flax `dtype=bfloat16`; torch `autocast(bfloat16)`).
 
@@ -71,6 +72,8 @@ MODELS: dict[str, ModelSpec] = {
     "xception": ModelSpec("Xception", "xception", {"variant": "standard"}),
     "cnn_seed": ModelSpec("seed small CNN", "cnn", {"variant": "seed", "image_size": IMAGE_SIZE},
                           "cnn_seed"),
+    "efficientnet_lite0": ModelSpec("EfficientNet-Lite0", "efficientnet", {"variant": "lite0"},
+                                    "efficientnet_lite0"),
 }
 QUICK_MODELS = ("cnn_seed", "resnet50")
 # Measured in channels_last only: both formats at once got the bench OOM-killed on 24 GB.
@@ -122,9 +125,15 @@ def _torch_vit_b16(torch):
                                                attn_implementation="sdpa"))
 
 
+def _torch_efficientnet_lite0(torch):
+    from efficientnet_lite_pytorch import EfficientNet
+
+    return EfficientNet.from_name("efficientnet-lite0", num_classes=NUM_CLASSES)
+
+
 TORCH_BUILDERS: dict[str, Callable] = {
     "resnet50": _torch_resnet50, "vit_b16": _torch_vit_b16, "vgg16": _torch_vgg16,
-    "cnn_seed": _torch_cnn_seed,
+    "cnn_seed": _torch_cnn_seed, "efficientnet_lite0": _torch_efficientnet_lite0,
 }
 
 

@@ -57,3 +57,26 @@ def test_neighbouring_pixel_residual():
     assert input_transform(None)(x) is x
     with pytest.raises(ValueError, match="valid: none, npr"):
         input_transform("fft")
+
+
+@pytest.mark.parametrize("size,k,stride,pads", [
+    (8, 3, 1, ((1, 1), (1, 1))),
+    (8, 3, 2, ((0, 1), (0, 1))),   # TF SAME at stride 2: the odd pixel after
+    (9, 5, 2, ((2, 2), (1, 2))),   # odd size, asymmetric
+    (7, 5, 1, ((2, 2), (2, 2))),
+])
+def test_depthwise_matches_lax_values_and_gradients(size, k, stride, pads):
+    c = 6
+    kx, kw = jax.random.split(jax.random.key(2))
+    x = jax.random.normal(kx, (2, size, size + 1, c))
+    w = jax.random.normal(kw, (k, k, 1, c))
+    ours = lambda x, w: cpu_friendly_conv(x, w, (stride, stride), pads, feature_group_count=c,
+                                          dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    ref = lambda x, w: jax.lax.conv_general_dilated(
+        x, w, (stride, stride), pads, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=c)
+    np.testing.assert_allclose(ours(x, w), ref(x, w), atol=1e-5)
+    g_ours = jax.grad(lambda x, w: jnp.sum(jnp.sin(ours(x, w))), argnums=(0, 1))(x, w)
+    g_ref = jax.grad(lambda x, w: jnp.sum(jnp.sin(ref(x, w))), argnums=(0, 1))(x, w)
+    for a, b in zip(g_ours, g_ref, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)

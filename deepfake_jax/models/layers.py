@@ -24,7 +24,8 @@ def cpu_friendly_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_
     """Drop-in for `lax.conv_general_dilated` (as `nnx.Conv(conv_general_dilated=...)`).
 
     Same result (up to float rounding); computed as im2col + matmul for small NHWC outputs on
-    CPU, where XLA's own convolution is ~100x slower. Everything else goes to lax unchanged.
+    CPU, where XLA's own convolution is ~100x slower, and depthwise convolutions as shifted
+    multiply-adds (`depthwise_conv_shifted`). Everything else goes to lax unchanged.
     """
     def fallback():
         return lax.conv_general_dilated(
@@ -33,10 +34,14 @@ def cpu_friendly_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_
             feature_group_count=feature_group_count, precision=precision, **kwargs)
 
     dilated = any(d != 1 for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
-    grouped = feature_group_count != 1 or kwargs.get("batch_group_count", 1) != 1
     if (jax.default_backend() != "cpu" or lhs.ndim != 4 or isinstance(padding, str) or dilated
-            or grouped or lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+            or kwargs.get("batch_group_count", 1) != 1
+            or lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
             != lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)):
+        return fallback()
+    if feature_group_count != 1:
+        if feature_group_count == lhs.shape[-1] == rhs.shape[-1] and rhs.shape[2] == 1:
+            return depthwise_conv_shifted(lhs, rhs, window_strides, padding, precision=precision)
         return fallback()
     kh, kw, cin, cout = rhs.shape
     (pt, pb), (pl, pr) = padding
@@ -53,6 +58,24 @@ def cpu_friendly_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_
     )  # (B, oh, ow, kh*kw*cin), ordered like rhs.reshape(kh*kw*cin, cout)
     out = jnp.matmul(patches, rhs.reshape(kh * kw * cin, cout), precision=precision)
     return out.astype(kwargs.get("preferred_element_type") or out.dtype)
+
+
+def depthwise_conv_shifted(x: jax.Array, w: jax.Array, strides, padding, *, precision=None
+                           ) -> jax.Array:
+    """Depthwise NHWC conv (kernel (kh, kw, 1, C)) as a sum of kh*kw shifted, strided slices
+    times one kernel tap each: XLA fuses it into one loop, and autodiff gives pads and
+    reductions. XLA:CPU's grouped convolution is far slower (bench/depthwise_conv.py)."""
+    del precision  # elementwise float32 products: nothing to choose
+    kh, kw = w.shape[0], w.shape[1]
+    (sh, sw), ((pt, pb), (pl, pr)) = strides, padding
+    xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    oh, ow = (xp.shape[1] - kh) // sh + 1, (xp.shape[2] - kw) // sw + 1
+    out = None
+    for i in range(kh):
+        for j in range(kw):
+            window = xp[:, i : i + sh * (oh - 1) + 1 : sh, j : j + sw * (ow - 1) + 1 : sw, :]
+            out = window * w[i, j, 0] if out is None else out + window * w[i, j, 0]
+    return out
 
 
 def neighbouring_pixel_residual(x: jax.Array) -> jax.Array:
