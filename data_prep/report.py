@@ -113,7 +113,8 @@ def _video_stats(kept: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
     group_splits: dict[str, set[str]] = collections.defaultdict(set)
     for r in frames:
         group_splits[r["meta"].get("group", r["meta"]["video"])].add(r["split"])
-    for split in sorted({r["split"] for r in frames}):
+    order = {"train": 0, "valid": 1, "test": 2}
+    for split in sorted({r["split"] for r in frames}, key=lambda s: (order.get(s, 3), s)):
         rows = [r for r in frames if r["split"] == split]
         videos = {(r["label"], r["meta"]["video"]) for r in rows}
         per_split[split] = {
