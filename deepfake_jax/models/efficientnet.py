@@ -14,6 +14,9 @@ depth), a 1x1 head conv to 1280 x width channels, global average pool, dropout, 
   ``"symmetric"``: ``k // 2`` on every side (timm's non-``tf_`` models).
 * BatchNorm: epsilon 1e-3 (TF; timm's non-``tf_`` models use 1e-5), flax momentum 0.99 ==
   torch momentum 0.01 (the reference's).
+* ``frozen_stages=k``: the stem and the blocks of the first ``k`` stages are held fixed (their
+  weights are ``Frozen``, their BatchNorm in inference mode, no gradient flows into them):
+  fine-tuning then skips the backward pass at the largest feature maps.
 * Stochastic depth: block ``i`` of ``n`` drops its residual branch per sample with probability
   ``drop_connect * i / n`` in training (the reference's rule), survivors scaled by 1/(1-p).
 
@@ -77,10 +80,16 @@ VARIANTS: dict[str, Variant] = {
     "lite2": Variant(1.1, 1.2, 260, 0.3, True),
     "lite3": Variant(1.2, 1.4, 280, 0.3, True),
     "lite4": Variant(1.4, 1.8, 300, 0.3, True),
-    "tiny": Variant(0.25, 0.34, 32, 0.0, False),  # tests only: B-style, 7 blocks, 8-16 channels
+    "tiny": Variant(0.25, 0.34, 32, 0.0, False),  # tests only: B-style, 10 blocks, 8-80 channels
 }
 
 _SE_RATIO = 0.25
+
+
+class Frozen(nnx.BatchStat):
+    """A weight held fixed (``frozen_stages``): filed with the BatchNorm statistics, so the
+    optimizer never sees it (no gradient, no weight decay, no moments), while checkpoints,
+    the EMA and the importers keep it under its usual path."""
 _conv_init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
@@ -126,6 +135,15 @@ def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
     out = -(-size // stride)
     total = max((out - 1) * stride + kernel - size, 0)
     return total // 2, total - total // 2
+
+
+def _freeze(module: nnx.Module) -> None:
+    """Every ``nnx.Param`` under ``module`` becomes ``Frozen`` (same value, same path)."""
+    for _path, node in nnx.iter_graph(module):
+        if isinstance(node, nnx.Module):
+            for name, value in list(vars(node).items()):
+                if isinstance(value, nnx.Param):
+                    setattr(node, name, Frozen(value[...]))
 
 
 class Conv(nnx.Module):
@@ -218,6 +236,7 @@ class EfficientNet(ParamGroups, nnx.Module):
         drop_connect: float = 0.2,
         dropout: float | None = None,
         input_transform: str | None = None,
+        frozen_stages: int = 0,
     ):
         variant = str(variant).lower()
         if variant not in VARIANTS:
@@ -248,6 +267,16 @@ class EfficientNet(ParamGroups, nnx.Module):
             for i, spec in enumerate(specs)
         ])
         self.block_stages = tuple(spec.stage for spec in specs)
+        if not 0 <= frozen_stages < len(BASE_STAGES):
+            raise ValueError(f"EfficientNet frozen_stages must be in 0..{len(BASE_STAGES) - 1}, "
+                             f"got {frozen_stages}")
+        self.frozen_stages = frozen_stages
+        if frozen_stages:
+            self.num_frozen_blocks = sum(stage < frozen_stages for stage in self.block_stages)
+            for module in (self.stem_conv, self.stem_bn, *self.blocks[:self.num_frozen_blocks]):
+                _freeze(module)
+        else:
+            self.num_frozen_blocks = 0
         self.head_conv = Conv(specs[-1].cout, head, 1, padding=padding, **ckw)
         self.head_bn = bn(head)
         self.num_features = head
@@ -265,9 +294,12 @@ class EfficientNet(ParamGroups, nnx.Module):
         """The head conv's activations (B, H/32, W/32, C) -- e.g. for Grad-CAM."""
         ura = not train
         x = layers.input_transform(self.input_transform)(jnp.asarray(x, self.dtype))
-        x = self.act(self.stem_bn(self.stem_conv(x), use_running_average=ura))
-        for block in self.blocks:
-            x = block(x, train=train, rngs=rngs)
+        frozen = self.frozen_stages > 0  # stem + first blocks in inference mode, no gradient
+        x = self.act(self.stem_bn(self.stem_conv(x), use_running_average=ura or frozen))
+        for i, block in enumerate(self.blocks):
+            if i == self.num_frozen_blocks and frozen:
+                x = jax.lax.stop_gradient(x)
+            x = block(x, train=train and i >= self.num_frozen_blocks, rngs=rngs)
         return self.act(self.head_bn(self.head_conv(x), use_running_average=ura))
 
     def pool_feature_map(self, fmap: jax.Array) -> jax.Array:
