@@ -15,7 +15,8 @@ For each model, at batch `--batch`:
   an EMA of the parameters (`torch._foreach_lerp_`), cross-entropy. Convolutional nets are
   measured in both memory formats (contiguous NCHW and channels_last; VGG-16: channels_last
   only, to stay within memory); the table shows the faster one, the JSON both.
-* GFLOP/s: XLA's cost analysis of the jitted computation (flops) / median time.
+* GFLOP/s: XLA's cost analysis of the jitted computation (flops) / median time, printed
+  beside the fp32 GFLOP/s of a jitted 2048 x 2048 matmul (the machine's reachable peak).
 
 References: `transformers` ResNetForImageClassification (ResNet-50) and
 ViTForImageClassification (ViT-B/16, SDPA attention); VGG-16 and the seed small CNN are written
@@ -259,6 +260,20 @@ def interleaved_medians(tasks: dict[str, Callable], repeats: int, steps: int,
     return times
 
 
+def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """The fp32 GFLOP/s of one jitted n x n matmul (median of `repeats`): how close to the
+    machine's arithmetic peak each model's step gets."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), jnp.float32)
+    dot = jax.jit(jnp.dot)
+    dot(a, a).block_until_ready()
+    seconds = statistics.median(_time_call(lambda: dot(a, a).block_until_ready(), 3)
+                                for _ in range(repeats))
+    return 2 * n**3 / seconds / 1e9
+
+
 def bench_model(key: str, args, log) -> dict:
     spec = MODELS[key]
     log(f"{spec.label}: building and compiling (batch {args.batch}, {args.dtype})")
@@ -382,8 +397,11 @@ def main(argv=None) -> list[dict]:
             failed[key] = f"{type(e).__name__}: {e}"
             log(f"{MODELS[key].label} FAILED, skipped: {failed[key]}")
         gc.collect()
+    peak = matmul_peak_gflops()
+    log(f"fp32 matmul peak (2048 x 2048, jitted): {peak:.0f} GFLOP/s")
     load_after = os.getloadavg()
     meta = {
+        "jax_fp32_matmul_gflop_s": peak,
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
         "load_avg_1min_before_after": [load_before[0], load_after[0]],
@@ -398,6 +416,8 @@ def main(argv=None) -> list[dict]:
           f"{args.steps} calls; load average {load_before[0]:.1f} -> {load_after[0]:.1f} on "
           f"{os.cpu_count()} CPUs; ratio = JAX / PyTorch (CL: torch channels_last was faster)\n")
     print(table)
+    print(f"\nJAX fp32 matmul peak on this machine: {peak:.0f} GFLOP/s (compare the GFLOP/s "
+          "columns)")
     for key, why in failed.items():
         print(f"FAILED {MODELS[key].label}: {why}")
     with open(args.json, "w") as f:
