@@ -5,6 +5,7 @@ with head replacement and one error listing every missing / unexpected / mismatc
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -95,6 +96,34 @@ def read_state_dict(path: str | Mapping[str, Any]) -> dict[str, np.ndarray]:
     if sd and all(str(k).startswith("module.") for k in sd):  # DataParallel / DDP
         sd = {k[len("module."):]: v for k, v in sd.items()}
     return {k: _to_numpy(v) for k, v in sd.items() if hasattr(v, "shape")}
+
+
+# ----------------------------------------------------------------------------- key mapping
+_NUM_BATCHES_TRACKED = re.compile(r"(^|\.)num_batches_tracked$")
+
+
+def convert_by_key(state: nnx.State, tensors: Mapping[str, Any],
+                   key_fn: Callable[[Path], tuple[str, str]],
+                   normalize: Callable[[str], str] = lambda k: k
+                   ) -> tuple[dict[Path, tuple[str, np.ndarray]], list[str]]:
+    """PyTorch tensors -> (our path -> (their key, array in our layout), unexpected keys).
+
+    ``key_fn(path)`` names each model variable in the checkpoint (key, layout kind);
+    ``normalize`` rewrites checkpoint keys first (prefix variants); BatchNorm's
+    ``num_batches_tracked`` counters are dropped.
+    """
+    table = {key_fn(p)[0]: (p, key_fn(p)[1]) for p in flatten(nnx.to_pure_dict(state))}
+    converted, unexpected = {}, []
+    for raw_key, value in tensors.items():
+        key = normalize(raw_key)
+        if _NUM_BATCHES_TRACKED.search(key):
+            continue
+        if key not in table:
+            unexpected.append(raw_key)
+            continue
+        p, kind = table[key]
+        converted[p] = (raw_key, to_ours(np.asarray(value), kind))
+    return converted, unexpected
 
 
 # ----------------------------------------------------------------------------- assignment

@@ -27,18 +27,15 @@ count is replaced (the model's random head kept), as in every importer here.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import numpy as np
 from flax import nnx
 
 from deepfake_jax.models.efficientnet import EfficientNet
-from deepfake_jax.weights.common import Path, assign, flatten, read_state_dict, to_ours
+from deepfake_jax.weights.common import Path, assign, convert_by_key, read_state_dict
 
 _BN = {"scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
-_DROPPED = re.compile(r"(^|\.)num_batches_tracked$")
 
 # our module -> lukemelas module name (inside a block, or at the top level)
 _LUKEMELAS_BLOCK = {"expand_conv": "_expand_conv", "expand_bn": "_bn0",
@@ -104,17 +101,7 @@ def timm_key_fn(stages: tuple[int, ...]) -> Callable[[Path], tuple[str, str]]:
 def _load(model_or_state, path, key_fn, *, source: str, strict: bool) -> nnx.State:
     state = (nnx.state(model_or_state, nnx.Any(nnx.Param, nnx.BatchStat))
              if isinstance(model_or_state, nnx.Module) else model_or_state)
-    tensors = read_state_dict(path)
-    table = {key_fn(p)[0]: (p, key_fn(p)[1]) for p in flatten(nnx.to_pure_dict(state))}
-    converted, unexpected = {}, []
-    for key, value in tensors.items():
-        if _DROPPED.search(key):
-            continue
-        if key not in table:
-            unexpected.append(key)
-            continue
-        p, kind = table[key]
-        converted[p] = (key, to_ours(np.asarray(value), kind))
+    converted, unexpected = convert_by_key(state, read_state_dict(path), key_fn)
     return assign(state, converted, source=source, key_name=lambda p: key_fn(p)[0],
                   head=("fc",), unexpected=unexpected, strict=strict,
                   family="EfficientNet import")

@@ -71,13 +71,11 @@ from deepfake_jax.weights.common import (
     AbstractHeadError,
     Path,
     assign,
-    flatten,
+    convert_by_key,
     read_state_dict,
-    to_ours,
 )
 
 _BN_LEAVES = {"scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
-_DROPPED = re.compile(r"(^|\.)num_batches_tracked$")
 
 
 # ----------------------------------------------------------------------------- naming
@@ -205,17 +203,7 @@ def _target_state(model_or_state: ResNet | nnx.State) -> tuple[ResNet | None, nn
 def _load(model_or_state, tensors: Mapping[str, np.ndarray], key_fn, *, source: str,
           problems: list[str], normalize=lambda k: k, strict: bool = True) -> nnx.State:
     _, state = _target_state(model_or_state)
-    table = {key_fn(p)[0]: (p, key_fn(p)[1]) for p in flatten(nnx.to_pure_dict(state))}
-    converted, unexpected = {}, []
-    for raw_key, value in tensors.items():
-        key = normalize(raw_key)
-        if _DROPPED.search(key):
-            continue
-        if key not in table:
-            unexpected.append(raw_key)
-            continue
-        p, kind = table[key]
-        converted[p] = (raw_key, to_ours(np.asarray(value), kind))
+    converted, unexpected = convert_by_key(state, tensors, key_fn, normalize)
     return assign(state, converted, source=source, key_name=lambda p: key_fn(p)[0],
                   head=("fc",), unexpected=unexpected, problems=problems, strict=strict,
                   family="ResNet import")
