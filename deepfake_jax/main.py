@@ -5,10 +5,15 @@ Any config value can be overridden: --config.input.batch_size=128 --config.data.
 
 import sys
 
-from absl import app, flags
-from ml_collections import config_flags
+from deepfake_jax import huge_pages
 
-from deepfake_jax import console, distributed, train
+if __name__ == "__main__":
+    huge_pages.reexec_with_huge_pages()  # before JAX allocates anything (see huge_pages.py)
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from deepfake_jax import console, distributed, train  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and evaluation go.")
