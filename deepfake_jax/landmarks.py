@@ -567,6 +567,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="model file: face_landmarker.task for "
                    "mediapipe (required); another 68-point .dat for dlib (optional)")
     p.add_argument("--recursive", action="store_true", help="walk subfolders too")
+    p.add_argument("--verbose", action="store_true",
+                   help="also print the libraries' INFO lines and warnings")
     p.add_argument("--margin", type=float, default=REGION_MARGIN,
                    help="region box margin, a fraction of the region's larger side")
     p.add_argument("--align_size", "--align-size", type=int, default=0,

@@ -15,6 +15,7 @@ ZOO = [
     ("vgg", {"variant": "tiny"}, 32),
     ("densenet", {"variant": "tiny"}, 32),
     ("xception", {"variant": "tiny"}, 32),
+    ("efficientnet", {"variant": "tiny", "drop_connect": 0.2, "dropout": 0.2}, 32),
     ("cooccurrence", {"variant": "tiny", "hidden": 8, "dropout": 0.1}, 32),
 ]
 
