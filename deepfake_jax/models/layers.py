@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -23,9 +24,12 @@ def cpu_friendly_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_
                       dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
     """Drop-in for `lax.conv_general_dilated` (as `nnx.Conv(conv_general_dilated=...)`).
 
-    Same result (up to float rounding); computed as im2col + matmul for small NHWC outputs on
-    CPU, where XLA's own convolution is ~100x slower, and depthwise convolutions as shifted
-    multiply-adds (`depthwise_conv_shifted`). Everything else goes to lax unchanged.
+    Same result (up to float rounding). On CPU, for NHWC: 1x1 convolutions as (strided slice +)
+    matmul, whose gradients are two more matmuls (XLA:CPU runs a 1x1 conv's kernel gradient as
+    a conv with a whole-image window: 3.3x slower over EfficientNet-Lite0's 1x1 shapes,
+    bench/cpu_convs.py); im2col + matmul for small outputs, where XLA's own convolution is
+    ~100x slower; depthwise convolutions as shifted multiply-adds (`depthwise_conv_shifted`).
+    Everything else goes to lax unchanged.
     """
     def fallback():
         return lax.conv_general_dilated(
@@ -46,6 +50,10 @@ def cpu_friendly_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_
     kh, kw, cin, cout = rhs.shape
     (pt, pb), (pl, pr) = padding
     sh, sw = window_strides
+    if kh == kw == 1 and pt == pb == pl == pr == 0:
+        x = lhs[:, ::sh, ::sw, :] if (sh, sw) != (1, 1) else lhs
+        out = jnp.matmul(x, rhs.reshape(cin, cout), precision=precision)
+        return out.astype(kwargs.get("preferred_element_type") or out.dtype)
     h, w = lhs.shape[1] + pt + pb, lhs.shape[2] + pl + pr
     oh, ow = (h - kh) // sh + 1, (w - kw) // sw + 1
     if oh * ow > _MAX_POSITIONS_FOR_MATMUL:
@@ -63,19 +71,64 @@ def cpu_friendly_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_
 def depthwise_conv_shifted(x: jax.Array, w: jax.Array, strides, padding, *, precision=None
                            ) -> jax.Array:
     """Depthwise NHWC conv (kernel (kh, kw, 1, C)) as a sum of kh*kw shifted, strided slices
-    times one kernel tap each: XLA fuses it into one loop, and autodiff gives pads and
-    reductions. XLA:CPU's grouped convolution is far slower (bench/depthwise_conv.py)."""
+    times one kernel tap each, which XLA fuses into one loop; XLA:CPU's grouped convolution is
+    far slower (bench/cpu_convs.py). The gradient is written out (`_depthwise_bwd`)."""
     del precision  # elementwise float32 products: nothing to choose
+    strides = tuple(int(s) for s in strides)
+    padding = tuple((int(lo), int(hi)) for lo, hi in padding)
+    return _depthwise(x, w, strides, padding)
+
+
+def _tap_windows(xp, kh, kw, strides, out_hw):
+    """(i, j, the slice of the padded input that kernel tap (i, j) multiplies)."""
+    (sh, sw), (oh, ow) = strides, out_hw
+    for i in range(kh):
+        for j in range(kw):
+            yield i, j, xp[:, i : i + sh * (oh - 1) + 1 : sh, j : j + sw * (ow - 1) + 1 : sw, :]
+
+
+def _depthwise_forward(x, w, strides, padding):
+    kh, kw = w.shape[0], w.shape[1]
+    (pt, pb), (pl, pr) = padding
+    xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    out_hw = ((xp.shape[1] - kh) // strides[0] + 1, (xp.shape[2] - kw) // strides[1] + 1)
+    out = None
+    for i, j, window in _tap_windows(xp, kh, kw, strides, out_hw):
+        out = window * w[i, j, 0] if out is None else out + window * w[i, j, 0]
+    return out
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _depthwise(x, w, strides, padding):
+    return _depthwise_forward(x, w, strides, padding)
+
+
+def _depthwise_fwd(x, w, strides, padding):
+    return _depthwise_forward(x, w, strides, padding), (x, w)
+
+
+def _depthwise_bwd(strides, padding, residuals, g):
+    """dx as one more shifted pass (the stride-dilated g correlated with the flipped kernel),
+    dw as one reduction per tap. Autodiff of the forward gives a padded copy of g per tap
+    instead: 2-3x slower for 3x3 kernels (bench/cpu_convs.py)."""
+    x, w = residuals
     kh, kw = w.shape[0], w.shape[1]
     (sh, sw), ((pt, pb), (pl, pr)) = strides, padding
     xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
-    oh, ow = (xp.shape[1] - kh) // sh + 1, (xp.shape[2] - kw) // sw + 1
-    out = None
-    for i in range(kh):
-        for j in range(kw):
-            window = xp[:, i : i + sh * (oh - 1) + 1 : sh, j : j + sw * (ow - 1) + 1 : sw, :]
-            out = window * w[i, j, 0] if out is None else out + window * w[i, j, 0]
-    return out
+    oh, ow = g.shape[1], g.shape[2]
+    dw = jnp.stack([jnp.sum(g * window, axis=(0, 1, 2))
+                    for _, _, window in _tap_windows(xp, kh, kw, strides, (oh, ow))])
+    dw = dw.reshape(kh, kw, 1, -1).astype(w.dtype)
+    # dxp[q] = sum_i gd[q + i] * w[kh - 1 - i], gd = g spread out by the stride, padded by k-1.
+    gd = lax.pad(g, jnp.zeros((), g.dtype), (
+        (0, 0, 0), (kh - 1, xp.shape[1] - sh * (oh - 1) - 1, sh - 1),
+        (kw - 1, xp.shape[2] - sw * (ow - 1) - 1, sw - 1), (0, 0, 0)))
+    dxp = _depthwise_forward(gd, w[::-1, ::-1], (1, 1), ((0, 0), (0, 0)))
+    dx = dxp[:, pt : pt + x.shape[1], pl : pl + x.shape[2], :]
+    return dx.astype(x.dtype), dw
+
+
+_depthwise.defvjp(_depthwise_fwd, _depthwise_bwd)
 
 
 def neighbouring_pixel_residual(x: jax.Array) -> jax.Array:
