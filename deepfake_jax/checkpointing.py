@@ -7,7 +7,9 @@ by a validation metric (higher is better), and the step `keep_step` names (early
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 from typing import Any
 
 import grain
@@ -16,8 +18,41 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
 
-class CheckpointError(RuntimeError):
-    pass
+class CheckpointError(RuntimeError, ValueError):
+    """A checkpoint that cannot be restored; one line naming the step folder and the reason.
+
+    Also a ValueError, so that every command-line tool prints it as its one-line error."""
+
+
+def one_line(error: BaseException, limit: int = 300) -> str:
+    """`Type: first line of the message`, cut to `limit` characters (orbax's mismatch errors
+    print the whole tree, hundreds of lines)."""
+    text = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+    text = text if len(text) <= limit else text[:limit - 3] + "..."
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def _quiet_closed_loop_callbacks() -> None:
+    """When a restore fails, tensorstore still completes the reads orbax had started, and
+    their callbacks hit orbax's closed event loop: each printed "RuntimeError: Event loop is
+    closed" with a traceback (through sys.unraisablehook) around the one-line error. Drops
+    exactly those; everything else still reaches the previous hook."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_drops_closed_loop", False):
+        return
+
+    def hook(unraisable):
+        value = unraisable.exc_value
+        if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
+            return
+        previous(unraisable)
+
+    hook._drops_closed_loop = True
+    sys.unraisablehook = hook
+
+
+# The step metadata key naming the workdir's config file of the run that saved a checkpoint.
+CONFIG_KEY = "config_file"
 
 
 # The validation metric (higher is better) that ranks a run's checkpoints, by `config.task`.
@@ -56,6 +91,9 @@ class Checkpointer:
                  async_save: bool = True):
         self.directory = os.path.abspath(directory)
         self.best_metric = best_metric
+        # The file name of the config this run recorded (`logging_utils.save_config`): stored
+        # in every checkpoint it saves, so loaders rebuild the model with that config.
+        self.config_file: str | None = None
         metric_fn = lambda m: m[best_metric]
         self._keep = _KeepSteps()
         self.manager = ocp.CheckpointManager(
@@ -118,21 +156,43 @@ class Checkpointer:
             items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
         if metrics is not None and self.best_metric not in metrics:
             metrics = None  # a checkpoint that cannot be ranked is kept only while it is latest
-        self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
+        custom = {CONFIG_KEY: self.config_file} if self.config_file else None
+        self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True,
+                          custom_metadata=custom)
+
+    def saved_by(self, step: int) -> tuple[str | None, float | None]:
+        """(config file name recorded by the run that saved `step`, None for checkpoints from
+        before it was recorded; the save's start time in seconds since the epoch, or None).
+
+        Read from orbax's step metadata file (`manager.metadata` would log a warning per
+        item it is not given a handler for)."""
+        path = os.path.join(self.directory, str(step), "_CHECKPOINT_METADATA")
+        try:
+            with open(path) as f:
+                meta = json.load(f)
+        except (OSError, ValueError):
+            return None, None
+        custom = meta.get("custom_metadata") or {}
+        started = meta.get("init_timestamp_nsecs")
+        return custom.get(CONFIG_KEY), (started / 1e9 if started else None)
 
     def restore(self, step: int, abstract_state: Any, data_iterator: Any | None = None
                 ) -> tuple[Any, Any]:
         """Restores onto the shardings in `abstract_state` (any device count) and the iterator."""
+        _quiet_closed_loop_callbacks()  # before: a failing read may call back at any time
         items = {"state": ocp.args.StandardRestore(abstract_state)}
         if data_iterator is not None and not self.data_written_by_other_process_count(step):
             items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
         try:
             restored = self.manager.restore(step, args=ocp.args.Composite(**items))
         except Exception as e:  # orbax raises many types; say which checkpoint failed and why
+            others = [s for s in self.all_steps() if s != step]
             raise CheckpointError(
-                f"could not restore checkpoint step {step} from {self.directory}: "
-                f"{type(e).__name__}: {e}. If the files are truncated or were written by a "
-                "different model/config, delete that step folder or use another workdir."
+                f"could not restore checkpoint step {step} "
+                f"({os.path.join(self.directory, str(step))}): "
+                f"{one_line(e)} (its files are damaged or truncated, or it was written with "
+                "another model/config than the one used to restore it; the files were left as "
+                "they are" + (f"; other steps: {others}" if others else "") + ")"
             ) from e
         return restored["state"], restored.get("data")
 

@@ -105,3 +105,55 @@ def _generate_and_convert(synth, images_dir: str, out_dir: str) -> None:
     # A progress bar; the conversion summary is left out (training reports the counts).
     convert.convert(images_dir, out_dir, layout="140k", overwrite=True, show_progress=True,
                     log=lambda _msg: None)
+
+
+def check_classification_splits(config, dataset_dir: str) -> list[str]:
+    """The splits the final evaluation can use, after refusing data a classifier cannot learn
+    from or be validated on (read from a converted dataset's manifest; mixes and TFDS datasets
+    are checked by `prepare`).
+
+    Refused (ValueError): no train or validation split; a train or validation split with one
+    class only (nothing to tell apart; ROC AUC, the threshold and the checkpoint ranking are
+    undefined on a one-class validation split). Warned about, training goes on: no test split
+    (the final evaluation covers the validation split only), a one-class test split (its ROC
+    AUC is undefined; accuracy still says how many were classified right).
+    """
+    data = config.data
+    splits = [s for s in (data.train_split, data.val_split, data.get("test_split")) if s]
+    if tfds_config(config) is not None or domain_mix.domains_of(config):
+        return splits[1:]
+    manifest = records.read_manifest(dataset_dir)
+    found = manifest.get("splits", {})
+    where = os.path.join(dataset_dir, records.MANIFEST_NAME)
+    for key, split in (("train_split", data.train_split), ("val_split", data.val_split)):
+        if split not in found:
+            raise ValueError(
+                f"{where} has no {split!r} split (config.data.{key}; the dataset has "
+                f"{sorted(found)}): training needs a train and a validation split; convert with "
+                f"--split-ratios 0.8,0.1,0.1, or set --config.data.{key} to one of them")
+    test = data.get("test_split")
+    if test and test not in found:
+        logging.warning("%s has no %r split (the dataset has %s): training goes on, and the "
+                        "final evaluation covers the %r split only. For a held-out test, "
+                        "convert with --split-ratios 0.8,0.1,0.1.", where, test, sorted(found),
+                        data.val_split)
+        splits.remove(test)
+    for split in splits:
+        counts = found[split].get("counts")
+        if not counts:
+            continue
+        missing = [name for name in records.CLASS_NAMES if not counts.get(name)]
+        if not missing:
+            continue
+        have = ", ".join(f"{counts.get(n, 0)} {n}" for n in records.CLASS_NAMES)
+        if split == test:
+            message = (f"the {split!r} split of {dataset_dir} has no {missing[0]} images "
+                       f"({have}): its ROC AUC is undefined; training goes on")
+            logging.warning("%s", message)
+            continue
+        raise ValueError(
+            f"the {split!r} split of {dataset_dir} has no {missing[0]} images ({have}): a "
+            "real/fake detector needs both classes in its train and validation splits; add "
+            f"{missing[0]} images and convert again (data_prep.convert stratifies "
+            "--split-ratios by class)")
+    return splits[1:]

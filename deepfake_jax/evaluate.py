@@ -12,10 +12,8 @@ predictions.csv and the plots.
 
 from __future__ import annotations
 
-import glob
 import json
 import os
-import re
 import sys
 from typing import Any
 
@@ -30,6 +28,7 @@ from deepfake_jax import (
     domain_mix,
     evaluators,
     input_pipeline,
+    logging_utils,
     records,
     sharding,
     train,
@@ -48,14 +47,53 @@ flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples for 95% intervals (
 flags.DEFINE_bool("robustness", False, "Also sweep JPEG/blur/resize/noise corruptions.")
 
 
-def load_run_config(workdir: str) -> ml_collections.ConfigDict:
-    """The config the run last started with (`config.json`, or the newest `config.N.json`)."""
-    paths = glob.glob(os.path.join(workdir, "config*.json"))
+def load_run_config(workdir: str, checkpoint: str | int | None = "latest"
+                    ) -> ml_collections.ConfigDict:
+    """The config to rebuild the run's model with: that of the run which saved `checkpoint`
+    (latest, best or a step; see `run_config_at`), so a later rerun that failed or changed the
+    model never takes its place. The newest recorded config (`config.json`, or the newest
+    `config.N.json`) when `checkpoint` is None or the workdir has no checkpoint yet."""
+    if not os.path.isdir(workdir):
+        raise FileNotFoundError(f"--workdir {workdir} does not exist: give a training workdir "
+                                "(the --workdir of python -m deepfake_jax.main)")
+    paths = logging_utils.config_files(workdir)
     if not paths:
         raise FileNotFoundError(f"{workdir} has no config.json: is it a training workdir?")
-    number = lambda p: int(m.group(1)) if (m := re.search(r"config\.(\d+)\.json$", p)) else 0
-    with open(max(paths, key=number)) as f:
-        return ml_collections.ConfigDict(json.load(f))
+    newest = _read_config(paths[-1])
+    if checkpoint is None or not os.path.isdir(os.path.join(workdir, "checkpoints")):
+        return newest
+    ckpt = checkpointing.open_run(workdir, newest)
+    try:
+        if not ckpt.all_steps():
+            return newest
+        name = logging_utils.config_for_step(workdir, ckpt, ckpt.select(checkpoint))
+    finally:
+        ckpt.close()
+    return newest if name == os.path.basename(paths[-1]) else _read_config(
+        os.path.join(workdir, name))
+
+
+def _read_config(path: str) -> ml_collections.ConfigDict:
+    try:
+        with open(path) as f:
+            return ml_collections.ConfigDict(json.load(f))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read the run config {path}: {checkpointing.one_line(e)}") from e
+
+
+def run_config_at(workdir: str, checkpoint: str | int = "latest"
+                  ) -> tuple[ml_collections.ConfigDict, int]:
+    """(config of the run that saved the checkpoint, its step); `checkpoint`: latest, best or
+    a step. A later rerun's config (one that changed the model, say) never replaces it."""
+    workdir = os.path.abspath(workdir)
+    newest = load_run_config(workdir)
+    ckpt = checkpointing.open_run(workdir, newest)
+    try:
+        step = ckpt.select(checkpoint)
+        name = logging_utils.config_for_step(workdir, ckpt, step)
+    finally:
+        ckpt.close()
+    return _read_config(os.path.join(workdir, name)), step
 
 
 def run_dataset_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
@@ -66,17 +104,24 @@ def run_dataset_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
     return config.data.get("dir") or os.path.join(workdir, "data", "arrayrecord")
 
 
-def restore_state(config, workdir: str, checkpoint: str, mesh):
+def restore_state(config, workdir: str, checkpoint: str | int, mesh):
     """(graphdef, state, step) restored onto `mesh`, whatever device count wrote it;
-    `checkpoint`: latest, best (by the run's own metric: val_roc_auc / val_miou) or a step."""
-    # Only the optimizer state's structure matters here (the restore target), not the lengths.
-    tx, _ = train.build_optimizer(config.optimizer, max(int(config.get("num_train_steps")
-                                                            or 1), 1),
-                                  model=train.abstract_model(config), steps_per_epoch=1)
-    graphdef, abstract, _ = train.create_train_state(config, mesh, tx, abstract_only=True)
+    `checkpoint`: latest, best (by the run's own metric: val_roc_auc / val_miou) or a step.
+
+    The model and optimizer are rebuilt from the config of the run that saved that checkpoint
+    (`config` when the workdir does not say which), not from a later rerun's."""
     ckpt = checkpointing.open_run(workdir, config)
     try:
         step = ckpt.select(checkpoint)
+        name = logging_utils.config_for_step(workdir, ckpt, step)
+        if name is not None:
+            config = _read_config(os.path.join(workdir, name))
+        # Only the optimizer state's structure matters here (the restore target), not the
+        # lengths.
+        tx, _ = train.build_optimizer(config.optimizer, max(int(config.get("num_train_steps")
+                                                                or 1), 1),
+                                      model=train.abstract_model(config), steps_per_epoch=1)
+        graphdef, abstract, _ = train.create_train_state(config, mesh, tx, abstract_only=True)
         state, _ = ckpt.restore(step, abstract)
     finally:
         ckpt.close()
@@ -90,37 +135,36 @@ def evaluate_checkpoint(workdir: str, *, checkpoint: str = "latest", use_ema: bo
                         robustness: bool = False) -> dict[str, dict[str, Any]]:
     """Returns {dataset name: metrics of `split`}; writes the reports under workdir/eval/."""
     workdir = os.path.abspath(workdir)
-    config = load_run_config(workdir)
+    config, step = run_config_at(workdir, checkpoint)
     if config.get("task", "classification") != "classification":
         raise ValueError(f"{workdir} is a {config.task} run (config.task = {config.task!r}), not "
                          "a real/fake classifier: evaluate it with python -m "
                          f"deepfake_jax.seg_train --workdir {workdir}")
     use_ema = bool(config.eval.use_ema) if use_ema is None else use_ema
     threshold_method = threshold_method or config.eval.threshold_method
+    own = run_dataset_dir(config, workdir)
+    mixed = domain_mix.domains_of(config)
+    # Every dataset and split is checked before the model is restored.
+    val_files = datasets.split_files(config, own, config.data.val_split)  # pooled with mix
+    jobs = []
+    for name, data_dir in dataset_names(config, own, data or [own]):
+        files = (datasets.split_files(config, own, split) if data_dir == own
+                 else records.split_files(data_dir, split))
+        jobs.append((name, data_dir, files))
     mesh = sharding.make_mesh(None, devices=devices)
     batch_size = config.input.eval_batch_size
     batch_size -= batch_size % mesh.shape[sharding.DATA_AXIS]  # fits any device count
-    graphdef, state, step = restore_state(config, workdir, checkpoint, mesh)
+    graphdef, state, step = restore_state(config, workdir, step, mesh)
     evals = train.make_eval_steps(config, mesh, graphdef, jax.tree.map(lambda x: x.sharding,
                                                                         state))
     preprocess = input_pipeline.Preprocess.from_config(config.input)
-    own = run_dataset_dir(config, workdir)
-    val_files = datasets.split_files(config, own, config.data.val_split)  # pooled with mix
-    mixed = domain_mix.domains_of(config)
     results = {}
-    for data_dir in data or [own]:
-        name = "synthetic" if data_dir == own and not config.data.get("dir") else (
-            os.path.basename(os.path.normpath(data_dir)))
-        name = "mix" if mixed and data_dir == own else name
-        if data_dir == own and datasets.tfds_config(config) is not None:
-            name = config.data.tfds.name  # its splits are read with tfds.data_source
-        files = (datasets.split_files(config, own, split) if data_dir == own
-                 else records.split_files(data_dir, split))
+    for name, data_dir, files in jobs:
         file_domains = ({**domain_mix.file_domains(mixed, config.data.val_split),
                          **domain_mix.file_domains(mixed, split)}
                         if mixed and data_dir == own else None)
-        logging.info("Evaluating step %d (%s weights) on %s/%s", step,
-                     "EMA" if use_ema else "raw", name, split)
+        logging.info("Evaluating step %d (%s weights) on %s/%s (%s)", step,
+                     "EMA" if use_ema else "raw", name, split, data_dir)
         out = evaluators.evaluate_splits(
             evals[use_ema], state, mesh, preprocess, batch_size,
             threshold_split=val_files, splits={split: files}, file_domains=file_domains,
@@ -130,6 +174,7 @@ def evaluate_checkpoint(workdir: str, *, checkpoint: str = "latest", use_ema: bo
             bootstrap=bootstrap, show_progress=show_progress,
         )
         results[name] = out[split]
+        results[name]["out_dir"] = os.path.join(workdir, "eval", name, split)
         if robustness:
             rows = evaluators.robustness_sweep(
                 evals[use_ema], state, mesh, preprocess, batch_size,
@@ -138,6 +183,49 @@ def evaluate_checkpoint(workdir: str, *, checkpoint: str = "latest", use_ema: bo
                 clean=out[split])
             results[name]["robustness"] = rows
     return results
+
+
+def dataset_names(config, own: str, data_dirs: list[str]) -> list[tuple[str, str]]:
+    """[(name, folder)]: each dataset's name in the table and its folder under `eval/`.
+
+    The name is the folder's base name, or for the run's own data "synthetic", "mix" or the
+    TFDS name. Names that would clash (two runs' `data/arrayrecord`) take parent folders until
+    they differ (`run1_data_arrayrecord`); a folder given twice is evaluated once."""
+    entries, seen = [], set()
+    for data_dir in data_dirs:
+        key = data_dir if data_dir == own else os.path.abspath(data_dir)
+        if key in seen:
+            logging.warning("--data %s given twice: evaluated once", data_dir)
+            continue
+        seen.add(key)
+        entries.append(data_dir if data_dir == own else key)
+
+    def own_name() -> str | None:
+        if datasets.tfds_config(config) is not None:
+            return config.data.tfds.name
+        if domain_mix.domains_of(config):
+            return "mix"
+        return None if config.data.get("dir") else "synthetic"
+
+    parts = [os.path.normpath(d).strip(os.sep).split(os.sep) for d in entries]
+    fixed = [own_name() if d == own else None for d in entries]
+    depth = [1] * len(entries)
+
+    def name(i: int) -> str:
+        return fixed[i] or "_".join(parts[i][-depth[i]:]) or "dataset"
+
+    for _ in range(max((len(p) for p in parts), default=1)):
+        names = [name(i) for i in range(len(entries))]
+        clashing = [i for i, n in enumerate(names) if names.count(n) > 1 and fixed[i] is None
+                    and depth[i] < len(parts[i])]
+        if not clashing:
+            break
+        for i in clashing:
+            depth[i] += 1
+    names, out = [name(i) for i in range(len(entries))], []
+    for i, n in enumerate(names):  # still equal (a name equal to "synthetic", say): number them
+        out.append((n if names.count(n) == 1 else f"{n}_{names[:i + 1].count(n)}", entries[i]))
+    return out
 
 
 def summary_table(results: dict[str, dict[str, Any]]) -> str:
@@ -161,7 +249,9 @@ def main(argv):
     console.setup()
     try:
         return _main()
-    except (FileNotFoundError, ValueError) as e:  # not a run, no checkpoint, bad --checkpoint
+    except (OSError, ValueError) as e:  # not a run, no/damaged checkpoint, bad --checkpoint,
+        if console.verbose_requested():  # --split or --data: one line (--verbose: traceback)
+            raise
         sys.exit(f"error: {e}")
 
 
@@ -186,6 +276,8 @@ def _main():
         data=FLAGS.data, threshold_method=FLAGS.threshold_method, bootstrap=FLAGS.bootstrap,
         show_progress=True, robustness=FLAGS.robustness)
     print(summary_table(results))
+    for name, m in results.items():
+        print(f"{name}: {m['dataset']} -> {m['out_dir']}")
     for name, m in results.items():
         if m.get("subsets"):
             print(f"\nsubsets of {name}/{m['split']} (each: these fakes vs all reals):")

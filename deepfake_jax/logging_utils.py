@@ -4,24 +4,67 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from typing import Any
 
 import ml_collections
+
+CONFIG_FILE = re.compile(r"config(?:\.(\d+))?\.json$")
+
+
+def config_files(workdir: str) -> list[str]:
+    """The run's recorded configs, oldest first: `config.json`, `config.1.json`, ..."""
+    found = []
+    for name in os.listdir(workdir) if os.path.isdir(workdir) else ():
+        m = CONFIG_FILE.fullmatch(name)
+        if m:
+            found.append((int(m.group(1) or 0), os.path.join(workdir, name)))
+    return [path for _, path in sorted(found)]
+
+
+def next_config_path(workdir: str) -> str:
+    """Where `save_config` writes next: `config.json`, else the first free `config.<n>.json`."""
+    path = os.path.join(workdir, "config.json")
+    n = 1
+    while os.path.exists(path):
+        path = os.path.join(workdir, f"config.{n}.json")
+        n += 1
+    return path
+
+
+def config_for_step(workdir: str, checkpointer, step: int) -> str | None:
+    """The config file (a name in `workdir`) of the run that saved checkpoint `step`.
+
+    Checkpoints name it (`Checkpointer.saved_by`). For older checkpoints, which do not, it is
+    the newest config recorded before the save started (each run recorded its config before
+    its first save); None when the workdir has no config file.
+    """
+    recorded, saved_at = checkpointer.saved_by(step)
+    paths = config_files(workdir)
+    if recorded and os.path.exists(os.path.join(workdir, recorded)):
+        return recorded
+    if not paths:
+        return None
+    if saved_at is not None:
+        before = [p for p in paths if os.path.getmtime(p) <= saved_at]
+        # none before: the workdir was copied (new file times): the first config then
+        return os.path.basename((before or paths)[-1 if before else 0])
+    return os.path.basename(paths[-1])
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> str:
     """Writes the resolved config (after command-line overrides) as `workdir/config.json`.
 
     A resumed run appends its config as `config.<n>.json` instead of overwriting the first.
+    The trainer calls this only once the run has started (config checked, data found, state
+    built or restored), so a rerun that fails early leaves no config behind.
     """
-    path = os.path.join(workdir, "config.json")
-    n = 1
-    while os.path.exists(path):
-        path = os.path.join(workdir, f"config.{n}.json")
-        n += 1
-    with open(path, "w") as f:
+    path = next_config_path(workdir)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
         f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    os.replace(tmp, path)  # never a half-written config.json
     return path
 
 
@@ -31,15 +74,22 @@ class MetricWriter:
     `train/loss`, `train/learning_rate`, `val/val_roc_auc`, `final_test/roc_auc`), and on close
     draws `training_curves.png` (`training_curves.py`)."""
 
-    def __init__(self, workdir: str, enabled: bool = True):
+    def __init__(self, workdir: str, enabled: bool = True, resume_step: int | None = None):
+        """`resume_step`: the step a resumed run restarts from; rows the earlier run wrote
+        after it (a run killed before its next checkpoint) are dropped, so the resumed run
+        writes each row once (`drop_rows_after`), and TensorBoard hides those events too."""
         self.enabled = enabled
         self.workdir = workdir
-        self._f = open(os.path.join(workdir, "metrics.jsonl"), "a") if enabled else None
+        path = os.path.join(workdir, "metrics.jsonl")
+        if enabled and resume_step is not None:
+            drop_rows_after(path, resume_step)
+        self._f = open(path, "a") if enabled else None
         self._tb = None
         if enabled:
             from tensorboardX import SummaryWriter  # a 0.6 MB writer: no TensorFlow needed
 
-            self._tb = SummaryWriter(workdir, flush_secs=30)
+            purge = None if resume_step is None else int(resume_step) + 1
+            self._tb = SummaryWriter(workdir, flush_secs=30, purge_step=purge)
 
     def write(self, step: int, kind: str, values: dict[str, Any]) -> None:
         if self._f is None:
@@ -61,6 +111,40 @@ class MetricWriter:
             from deepfake_jax import training_curves
 
             training_curves.plot_training_curves(self.workdir)
+
+
+# Rows written before the checkpoint of their step was saved: a run resumed from that step keeps
+# them. Rows of other kinds at that step (final_*, early_stop) come after it and are redone.
+_BEFORE_CHECKPOINT = ("train", "val")
+
+
+def drop_rows_after(path: str, step: int) -> int:
+    """Rewrites `metrics.jsonl` without the rows a run resumed at `step` writes again: those
+    after `step`, and those at `step` written after its checkpoint; also lines cut short by a
+    kill. Returns how many lines were dropped."""
+    if not os.path.exists(path):
+        return 0
+    kept, dropped = [], 0
+    with open(path) as f:
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                keep = int(row["step"]) < step or (int(row["step"]) == step
+                                                   and row.get("kind") in _BEFORE_CHECKPOINT)
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                keep = False
+            if keep:
+                kept.append(line if line.endswith("\n") else line + "\n")
+            else:
+                dropped += 1
+    if dropped:
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.writelines(kept)
+        os.replace(tmp, path)
+    return dropped
 
 
 class Progress:

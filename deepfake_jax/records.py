@@ -76,12 +76,20 @@ def read_manifest(dataset_dir: str) -> dict[str, Any]:
     return manifest
 
 
+class MissingSplitError(KeyError, ValueError):
+    """A split the dataset does not have (a KeyError as before; a ValueError so that the
+    command-line tools print it as a one-line error)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 def split_files(dataset_dir: str, split: str) -> list[str]:
     """Absolute paths of the ArrayRecord shards of one split, as listed in the manifest."""
     manifest = read_manifest(dataset_dir)
     splits = manifest.get("splits", {})
     if split not in splits:
-        raise KeyError(
+        raise MissingSplitError(
             f"split {split!r} not in {dataset_dir}/{MANIFEST_NAME}; available: {sorted(splits)}"
         )
     files = [os.path.join(dataset_dir, name) for name in splits[split]["files"]]

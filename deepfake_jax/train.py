@@ -578,14 +578,34 @@ def make_steps(config, mesh, graphdef, tx, schedule, state_shardings):
 # ----------------------------------------------------------------------------- the loop
 
 
+def check_batch_sizes(config, mesh) -> None:
+    """Batch sizes that cannot work, refused before any data is generated or read."""
+    for key in ("batch_size", "eval_batch_size"):
+        value = config.input.get(key)
+        if not isinstance(value, int) or value <= 0:
+            raise ValueError(f"config.input.{key}={value!r}: must be a positive number of "
+                             "images (global, over all devices)")
+        sharding.global_batch_size_ok(mesh, value)
+    synth = config.data.get("synthetic")
+    if not (config.data.get("dir") or config.data.get("mix") or datasets.tfds_config(config)
+            ) and synth and config.get("task", "classification") == "classification":
+        num_train = 2 * int(synth.train)  # images per class
+        if config.input.batch_size > num_train and not config.get("num_train_steps"):
+            raise ValueError(
+                f"config.input.batch_size={config.input.batch_size} is larger than the "
+                f"{num_train} generated training images (config.data.synthetic.train="
+                f"{synth.train} per class): lower the batch size or raise the count")
+
+
 def total_train_steps(config, num_train_examples: int) -> int:
     if config.get("num_train_steps"):
         return int(config.num_train_steps)
     steps_per_epoch = num_train_examples // config.input.batch_size
     if steps_per_epoch == 0:
         raise ValueError(
-            f"batch size {config.input.batch_size} is larger than the "
-            f"{num_train_examples} training examples")
+            f"config.input.batch_size={config.input.batch_size} is larger than the "
+            f"{num_train_examples} training examples: lower it, or set "
+            "config.num_train_steps")
     return int(math.ceil(config.num_epochs * steps_per_epoch))
 
 
@@ -624,9 +644,15 @@ class ClassificationTask:
         self.preprocess = input_pipeline.Preprocess.from_config(config.input,
                                                                 config.get("augment"))
         self._val_domains: list[str] | None = None
+        data = config.data
+        self.eval_splits = [s for s in (data.val_split, data.get("test_split")) if s]
 
     def prepare_data(self, workdir: str) -> str:
-        return datasets.prepare(self.config, workdir)
+        dataset_dir = datasets.prepare(self.config, workdir)
+        # Refuses one-class train/validation data and a missing validation split now, not
+        # after training; a missing test split is skipped by the final evaluation.
+        self.eval_splits = datasets.check_classification_splits(self.config, dataset_dir)
+        return dataset_dir
 
     def make_steps(self, mesh, graphdef, tx, schedule, state_shardings):
         return make_steps(self.config, mesh, graphdef, tx, schedule, state_shardings)
@@ -679,7 +705,7 @@ class ClassificationTask:
             eval_fn, state, mesh, self.preprocess, config.input.eval_batch_size,
             threshold_split=datasets.split_files(config, dataset_dir, config.data.val_split),
             splits={split: datasets.split_files(config, dataset_dir, split)
-                    for split in (config.data.val_split, config.data.test_split) if split},
+                    for split in self.eval_splits},
             out_dir=os.path.join(workdir, "eval"), threshold_method=config.eval.threshold_method,
             extra={"use_ema": bool(config.eval.use_ema), "threshold_from": config.data.val_split},
             file_domains=self._file_domains(),
@@ -712,14 +738,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     Returns a summary dict (final step, last train metrics, final evaluation metrics).
     """
     workdir = os.path.abspath(workdir)
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise NotADirectoryError(f"--workdir {workdir} is a file, not a folder: give a new or "
+                                 "an existing run folder")
     os.makedirs(workdir, exist_ok=True)
-    if jax.process_index() == 0:
-        logging_utils.save_config(config, workdir)
     task = make_task(config)
-    dataset_dir = task.prepare_data(workdir)
     mesh = sharding.make_mesh(config.get("mesh"))
-    sharding.global_batch_size_ok(mesh, config.input.batch_size)
-    sharding.global_batch_size_ok(mesh, config.input.eval_batch_size)
+    check_batch_sizes(config, mesh)  # before any data is generated
+    dataset_dir = task.prepare_data(workdir)
 
     train_files = datasets.split_files(config, dataset_dir, config.data.train_split)
     num_train = input_pipeline.num_records(train_files)
@@ -741,8 +767,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     train_iter = task.train_iterator(train_files)
     if start is not None:
         logging.info("Resuming from checkpoint step %d in %s", start, ckpt.directory)
-        state, restored_iter = ckpt.restore(start, abstract_state_like(state, state_shardings),
-                                            train_iter)
+        try:
+            state, restored_iter = ckpt.restore(
+                start, abstract_state_like(state, state_shardings), train_iter)
+        except checkpointing.CheckpointError as e:
+            ckpt.close()
+            recorded = logging_utils.config_for_step(workdir, ckpt, start)
+            raise checkpointing.CheckpointError(
+                f"{e}; nothing was written. To resume, rerun with the config that wrote it "
+                f"({recorded or 'config.json'} in the workdir; a resume may change e.g. "
+                "num_epochs or halt_after_steps, not the model), or train in a new --workdir"
+            ) from e
         if restored_iter is None:  # saved by a job with another process count
             logging.warning("Checkpoint %d was written by a job with a different process "
                             "count: the data stream is re-positioned at its global batch.", start)
@@ -750,6 +785,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         else:
             train_iter = restored_iter
     start = int(jax.device_get(state.step))
+    # The run has started: record its config now (a rerun that failed above left none behind)
+    # and name it in every checkpoint it saves, so loaders rebuild the model with it.
+    config_path = (logging_utils.save_config(config, workdir) if jax.process_index() == 0
+                   else logging_utils.next_config_path(workdir))
+    ckpt.config_file = os.path.basename(config_path)
     control = training_control.TrainingControl.from_config(config)
     if control.enabled and start:
         # Not in the checkpoint: rebuilt from the validations logged up to the restored step
@@ -765,7 +805,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                      "%d-%d everything", phase1, config.optimizer.two_phase.phase1_learning_rate,
                      phase1, total_steps)
 
-    writer = logging_utils.MetricWriter(workdir, enabled=jax.process_index() == 0)
+    writer = logging_utils.MetricWriter(workdir, enabled=jax.process_index() == 0,
+                                        resume_step=start)
     progress = logging_utils.Progress(total_steps, start, config.input.batch_size)
     halt_at = (start + config.halt_after_steps) if config.get("halt_after_steps") else None
     val_files = datasets.split_files(config, dataset_dir, config.data.val_split)
