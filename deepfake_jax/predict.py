@@ -13,11 +13,16 @@ the evaluation view (`augment.eval_view`) and scored by the trainer's jitted eva
 (`<workdir>/eval/valid/metrics.json`, else the newest `<workdir>/eval/*/*/metrics.json`, else 0.5
 with a warning).
 
-Writes `<workdir>/predictions/predictions.csv` (or `--output`; a `.json` suffix writes a JSON
-list) with one row per input file: path, status (ok / error / no_face), p_fake, label, threshold,
-threshold_source, face_box (x,y,w,h), heatmap (PNG path with --heatmaps), error. Unreadable
-files get an `error` row, never a crash; a run without a single readable image still writes the
-file, then exits non-zero.
+Writes `<workdir>/predictions/predictions.csv` (or `--output`: a `.csv` or `.json` file, the
+suffix picks the format; checked before any work, and never one of the inputs) with one row per
+input file: path, status (ok / error / no_face), p_fake, label, threshold, threshold_source,
+face_box (x,y,w,h), heatmap (PNG path with --heatmaps), error, warning. A folder gives a row for
+every file with an image extension (`image_io.LISTED_EXTENSIONS`: GIF, TIFF, broken links
+included), and the summary names what else it held. Unreadable files get an `error` row, never
+a crash; so do images over the per-image bounds (`image_io.MAX_PIXELS` before and after the
+view's resize, `image_io.MAX_ASPECT_RATIO`), refused before they are decoded or resized. An
+image upscaled more than UPSCALE_WARNING times into its view gets a `warning`. A run without a
+single readable image still writes the file, then exits non-zero.
 
 `--heatmaps OUTDIR` also writes `<OUTDIR>/<stem>_heatmap.png` per scored image: the evaluation
 view with the model's heatmap on top (`deepfake_jax.explain`: Grad-CAM for the CNNs, attention
@@ -45,7 +50,7 @@ import tqdm
 from absl import app, flags, logging
 
 from deepfake_jax import augment, console, evaluate, explain, faces, landmarks, sharding, train
-from deepfake_jax.image_io import decode_image_rgb, list_images
+from deepfake_jax.image_io import check_view_size, decode_image_rgb, list_images, read_image_file
 
 # --workdir, --checkpoint and --use_ema are evaluate's flags (registered when it is imported).
 FLAGS = flags.FLAGS
@@ -64,9 +69,11 @@ flags.DEFINE_string("segmentation_workdir", None, "A face-parsing run: with --he
                     "the heatmap's share per face region.")
 
 COLUMNS = ("path", "status", "p_fake", "label", "threshold", "threshold_source", "face_box",
-           "heatmap", "error")
+           "heatmap", "error", "warning")
 DEFAULT_THRESHOLD = 0.5
 FACE_MARGIN = 0.3
+UPSCALE_WARNING = 2.0  # a view made from an image whose short side is upscaled more is flagged
+OUTPUT_SUFFIXES = (".csv", ".json")
 
 
 class NoReadableImagesError(RuntimeError):
@@ -94,13 +101,15 @@ def find_threshold(workdir: str) -> tuple[float, str]:
 
 
 def load_view(path: str, crop_size: int, resize_to: int | None, face_crop: bool = False,
-              aligner=None) -> tuple[np.ndarray | None, tuple[int, int, int, int] | None]:
+              aligner=None, info: dict | None = None
+              ) -> tuple[np.ndarray | None, tuple[int, int, int, int] | None]:
     """(eval view, face box) of one file; (None, None) when face_crop finds no face.
     `aligner` (`landmarks.make_face_aligner`) is tried before the face crop.
-    Raises OSError / ImageDecodeError for unreadable files."""
-    with open(path, "rb") as f:
-        data = f.read()
-    image = decode_image_rgb(data, path)
+    Raises ImageDecodeError (ImageSizeError over the per-image bounds) for unreadable files.
+    `info`, when given, receives `upscale` (the factor the view's resize applied to the short
+    side; > 1 means invented pixels) and `warning` (a sentence when it exceeds UPSCALE_WARNING,
+    else "")."""
+    image = decode_image_rgb(read_image_file(path), path)
     box = None
     aligned = aligner(image) if aligner is not None else None
     if aligned is not None:
@@ -110,7 +119,24 @@ def load_view(path: str, crop_size: int, resize_to: int | None, face_crop: bool 
         if box is None:
             return None, None
         image = faces.crop_face(image, box, FACE_MARGIN)
+    h, w = image.shape[:2]
+    # eval_view resizes the short side to resize_to, then up to crop_size if still smaller.
+    short = max(int(resize_to), int(crop_size)) if resize_to else max(int(crop_size), min(h, w))
+    scale = check_view_size(w, h, short, path)  # raises before a resize could blow up
+    if info is not None:
+        info["upscale"] = scale
+        info["warning"] = upscale_warning(w, h, short)
     return augment.eval_view(image, crop_size, resize_to), box
+
+
+def upscale_warning(width: int, height: int, short_side: int) -> str:
+    """A sentence when resizing a width x height image to `short_side` upscales it more than
+    UPSCALE_WARNING times, else ''."""
+    scale = short_side / max(1, min(width, height))
+    if scale <= UPSCALE_WARNING:
+        return ""
+    return (f"upscaled {scale:.3g}x ({width}x{height} px, short side to {short_side} px): the "
+            "view is mostly interpolated pixels, so its score says little")
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -167,9 +193,12 @@ def predict_paths(workdir: str, paths: list[str], *, checkpoint: str = "latest",
                   use_ema: bool | None = None, batch_size: int = 32, face_crop: bool = False,
                   recursive: bool = False, devices: list | None = None,
                   show_progress: bool = False, heatmaps_dir: str | None = None,
-                  segmentation_workdir: str | None = None, face_align: bool = False
-                  ) -> list[dict[str, Any]]:
+                  segmentation_workdir: str | None = None, face_align: bool = False,
+                  not_listed: list[str] | None = None) -> list[dict[str, Any]]:
     """One row per input file (see COLUMNS; p_fake a float or None, face_box a tuple or None).
+
+    `not_listed`, when given, receives a line per folder on what it held that has no row
+    (files without an image extension, subfolders without `recursive`).
 
     `heatmaps_dir`: write overlays there (column `heatmap`); with `segmentation_workdir`, also
     `heat_share_<region>` / `area_share_<region>` columns (see the module docstring).
@@ -183,7 +212,7 @@ def predict_paths(workdir: str, paths: list[str], *, checkpoint: str = "latest",
     crop_size = int(config.input.crop_size)
     resize_to = config.input.get("resize_to") or None
     threshold, source = find_threshold(workdir)
-    files = list_images(list(paths), recursive)
+    files = list_images(list(paths), recursive, not_listed)
     aligner = None
     if face_align:  # the Haar face crop stays the fallback (no dlib, or no face found by it)
         aligner, face_crop = landmarks.make_face_aligner(resize_to or crop_size), True
@@ -204,6 +233,10 @@ def predict_paths(workdir: str, paths: list[str], *, checkpoint: str = "latest",
     def flush():
         scores = scorer([view for _, view in pending])
         for (row, _), p in zip(pending, scores, strict=True):
+            if not math.isfinite(p):  # never a label: NaN >= threshold is False ("real")
+                row.update(status="error", error=f"the model returned p_fake = {p} for this "
+                           "image (its weights or this input give no score)")
+                continue
             row.update(p_fake=float(p), label="fake" if p >= threshold else "real")
         if heatmap_writer is not None:
             views = [view for _, view in pending]
@@ -216,10 +249,11 @@ def predict_paths(workdir: str, paths: list[str], *, checkpoint: str = "latest",
     for path in tqdm.tqdm(files, desc="predicting", unit="img", disable=not show_progress):
         row = {"path": path, "status": "ok", "p_fake": None, "label": "",
                "threshold": threshold, "threshold_source": source, "face_box": None,
-               "heatmap": "", "error": ""}
+               "heatmap": "", "error": "", "warning": ""}
         rows.append(row)
+        info = {}
         try:
-            view, box = load_view(path, crop_size, resize_to, face_crop, aligner)
+            view, box = load_view(path, crop_size, resize_to, face_crop, aligner, info)
         except OSError as e:
             row.update(status="error", error=f"cannot read file: {e.strerror or e}")
             continue
@@ -230,7 +264,7 @@ def predict_paths(workdir: str, paths: list[str], *, checkpoint: str = "latest",
         if view is None:
             row.update(status="no_face", error="no face found")
             continue
-        row["face_box"] = box
+        row.update(face_box=box, warning=info.get("warning", ""))
         if scorer is None:
             scorer = Scorer(config, workdir, checkpoint, use_ema, batch_size, devices)
         pending.append((row, view))
@@ -269,13 +303,14 @@ def write_predictions(rows: list[dict[str, Any]], path: str) -> str:
                 "" if r["p_fake"] is None else f"{r['p_fake']:.6f}",
                 r["label"], f"{r['threshold']:.6f}", r["threshold_source"],
                 "" if r["face_box"] is None else ",".join(str(v) for v in r["face_box"]),
-                r["heatmap"], r["error"],
+                r["heatmap"], r["error"], r.get("warning", ""),
                 *("" if r.get(k) is None else f"{r[k]:.6f}" for k in extra),
             ])
     return path
 
 
-def summary(rows: list[dict[str, Any]], output: str, max_errors: int = 5) -> str:
+def summary(rows: list[dict[str, Any]], output: str, max_errors: int = 10,
+            not_listed: list[str] | None = None) -> str:
     status = Counter(r["status"] for r in rows)
     labels = Counter(r["label"] for r in rows if r["status"] == "ok")
     lines = [
@@ -289,8 +324,39 @@ def summary(rows: list[dict[str, Any]], output: str, max_errors: int = 5) -> str
         lines.append(f"  error: {r['path']}: {r['error']}")
     if len(errors) > max_errors:
         lines.append(f"  ... and {len(errors) - max_errors} more errors (see the output)")
+    warned = [r for r in rows if r.get("warning")]
+    for r in warned[:max_errors]:
+        lines.append(f"  warning: {r['path']}: {r['warning']}")
+    if len(warned) > max_errors:
+        lines.append(f"  ... and {len(warned) - max_errors} more warnings (see the output)")
+    lines += [f"  {line}" for line in not_listed or []]
     lines.append(f"predictions written to {output}")
     return "\n".join(lines)
+
+
+def check_output(output: str, paths: list[str], recursive: bool = False) -> None:
+    """Raises ValueError, before any work, when `output` cannot be the predictions file: not a
+    .csv/.json name, a folder, one of the input files, or in a place that cannot be written."""
+    if os.path.isdir(output):
+        raise ValueError(f"--output {output} is a folder: give a file name such as "
+                         f"{os.path.join(output, 'predictions.csv')}")
+    if not output.lower().endswith(OUTPUT_SUFFIXES):
+        raise ValueError(f"--output {output}: give a .csv or .json file name (the suffix picks "
+                         "the format)")
+    real = os.path.realpath(output)
+    inputs = {os.path.realpath(p) for p in [*paths, *list_images(list(paths), recursive)]}
+    if real in inputs:
+        raise ValueError(f"--output {output} is one of the input files and would be "
+                         "overwritten: choose another name")
+    parent = os.path.dirname(os.path.abspath(output))
+    while not os.path.exists(parent):  # the nearest existing folder must be writable
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ValueError(f"--output {output}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK):
+        raise ValueError(f"--output {output}: no permission to write in {parent}")
+    if os.path.exists(output) and not os.access(output, os.W_OK):
+        raise ValueError(f"--output {output}: the file exists and is not writable")
 
 
 def check_readable(rows: list[dict[str, Any]], output: str) -> None:
@@ -320,16 +386,20 @@ def main(argv):
     if len(argv) < 2:
         raise app.UsageError("give one or more image files or folders to score")
     console.setup()
+    output = FLAGS.output or default_output(FLAGS.workdir)
+    not_listed = []
     try:
+        check_output(output, argv[1:], FLAGS.recursive)  # before any image is scored
         rows = predict_paths(
             FLAGS.workdir, argv[1:], checkpoint=FLAGS.checkpoint, use_ema=FLAGS.use_ema,
             batch_size=FLAGS.batch_size, face_crop=FLAGS.face_crop, recursive=FLAGS.recursive,
             show_progress=True, heatmaps_dir=FLAGS.heatmaps,
-            segmentation_workdir=FLAGS.segmentation_workdir, face_align=FLAGS.face_align)
+            segmentation_workdir=FLAGS.segmentation_workdir, face_align=FLAGS.face_align,
+            not_listed=not_listed)
     except (FileNotFoundError, ValueError) as e:  # not a run, no checkpoint, bad --checkpoint
         sys.exit(f"error: {e}")
-    output = write_predictions(rows, FLAGS.output or default_output(FLAGS.workdir))
-    print(summary(rows, output))
+    output = write_predictions(rows, output)
+    print(summary(rows, output, not_listed=not_listed))
     try:
         check_readable(rows, output)
     except NoReadableImagesError as e:

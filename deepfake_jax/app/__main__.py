@@ -9,7 +9,7 @@ import time
 
 from absl import logging
 
-from deepfake_jax import console
+from deepfake_jax import console, image_io
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -29,7 +29,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--max-upload-mb", type=float, default=32, help="limit of one upload")
     p.add_argument("--max-megapixels", type=float, default=40, help="limit per image")
     console.add_argument(p)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    for name, value in (("--max-upload-mb", args.max_upload_mb),
+                        ("--max-megapixels", args.max_megapixels),
+                        ("--batch-size", args.batch_size)):
+        if not value > 0 or value == float("inf"):  # also refuses nan
+            p.error(f"{name} must be a positive number, got {value:g}")
+    limit = image_io.MAX_PIXELS / 1e6
+    if args.max_megapixels > limit:
+        p.error(f"--max-megapixels {args.max_megapixels:g} is above the {limit:g} megapixels "
+                "that image decoding accepts per image")
+    if args.port < 0 or args.port > 65535:
+        p.error(f"--port must be 0-65535, got {args.port}")
+    return args
 
 
 def load_everything(args) -> tuple[list, object, list[str]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import math
 import os
 import tempfile
 from typing import Any
@@ -18,7 +19,7 @@ import cv2
 import numpy as np
 from werkzeug.utils import secure_filename
 
-from deepfake_jax.image_io import ImageDecodeError, probe_image
+from deepfake_jax.image_io import ImageDecodeError, ImageSizeError, probe_image
 
 ALLOWED_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 DISPLAY_SIDE = 160  # small views are enlarged (nearest neighbour: pixels stay honest) to this
@@ -83,7 +84,9 @@ def check_upload(upload: Upload, max_pixels: int) -> str:
     if not upload.data:
         return "empty file (0 bytes)"
     try:
-        info = probe_image(upload.data, upload.filename)
+        info = probe_image(upload.data, upload.filename)  # header only; size bounds checked
+    except ImageSizeError as e:
+        return f"image refused: {e.reason}"
     except ImageDecodeError as e:
         return f"not a readable image: {e.reason}"
     pixels = int(info["width"]) * int(info["height"])
@@ -94,6 +97,8 @@ def check_upload(upload: Upload, max_pixels: int) -> str:
 
 
 def _view_error(e: Exception) -> str:
+    if isinstance(e, ImageSizeError):
+        return f"image refused: {e.reason}"
     if isinstance(e, ImageDecodeError):
         return f"not a readable image: {e.reason}"
     if isinstance(e, OSError):
@@ -117,8 +122,9 @@ def analyse(uploads: list[Upload], runs: list, *, face_crop: bool = False,
             with open(path, "wb") as f:
                 f.write(upload.data)
             for r, run in enumerate(runs):
+                info = {}
                 try:
-                    view, box = run.load_view(path, face_crop)
+                    view, box = run.load_view(path, face_crop, info)
                 except Exception as e:  # noqa: BLE001 - a bad file gets a message, not a 500
                     result.error = _view_error(e)
                     break
@@ -129,6 +135,8 @@ def analyse(uploads: list[Upload], runs: list, *, face_crop: bool = False,
                     break
                 views[r][i] = view
                 result.face_box = box
+                if info.get("warning") and info["warning"] not in result.notes:
+                    result.notes.append(info["warning"])
     good = [i for i, res in enumerate(results) if res.ok]
     for r, run in enumerate(runs):
         batch = [views[r][i] for i in good]
@@ -137,7 +145,12 @@ def analyse(uploads: list[Upload], runs: list, *, face_crop: bool = False,
         labels = parser.parse_views(batch) if batch and parser is not None else None
         for k, i in enumerate(good):
             res, p = results[i], float(p_fake[k])
-            res.scores.append(RunResult(run.name, p, run.label(p), run.threshold))
+            if math.isfinite(p):
+                res.scores.append(RunResult(run.name, p, run.label(p), run.threshold))
+            else:  # never a label (NaN >= threshold is False: it would read "real")
+                res.scores.append(RunResult(run.name, None, "", run.threshold, error=(
+                    f"the model returned p_fake = {p} (its weights or this input give no "
+                    "score)")))
             res.pictures.append(Picture(f"{run.name}: input ({batch[k].shape[1]}x"
                                         f"{batch[k].shape[0]} eval view)",
                                         png_data_uri(batch[k])))

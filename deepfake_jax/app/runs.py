@@ -12,6 +12,7 @@ import dataclasses
 import glob
 import importlib
 import json
+import math
 import os
 import time
 from typing import Any
@@ -135,9 +136,10 @@ class LoadedRun:
     def batch_size(self) -> int:
         return self._scorer.batch_size
 
-    def load_view(self, path: str, face_crop: bool):
-        """(eval view, face box) of one file, exactly as predict builds it."""
-        return predict.load_view(path, self.crop_size, self.resize_to, face_crop)
+    def load_view(self, path: str, face_crop: bool, info: dict | None = None):
+        """(eval view, face box) of one file, exactly as predict builds it (`info` receives
+        predict's upscale warning)."""
+        return predict.load_view(path, self.crop_size, self.resize_to, face_crop, info=info)
 
     def score(self, views: list[np.ndarray]) -> np.ndarray:
         """p_fake of each view (float64), computed in batches of `batch_size`."""
@@ -157,6 +159,8 @@ class LoadedRun:
                                for i in range(0, len(views), self.batch_size)])
 
     def label(self, p_fake: float) -> str:
+        if not math.isfinite(p_fake):  # NaN >= threshold is False: it would read "real"
+            raise ValueError(f"p_fake = {p_fake} has no label")
         return "fake" if p_fake >= self.threshold else "real"
 
     def summary(self) -> list[tuple[str, str]]:

@@ -87,9 +87,12 @@ _INDEX = """{% extends "layout.html" %}{% block body %}
  {% else %}
   <table><tr><th>model</th><th>p_fake</th><th>label</th><th>threshold</th></tr>
   {% for s in res.scores %}
-   <tr><td>{{ s.run }}</td><td class="p-fake">{{ '%.4f' % s.p_fake }}</td>
-    <td class="{{ s.label }}">{{ s.label }}</td><td>{{ '%.4f' % s.threshold }}</td></tr>
+   <tr><td>{{ s.run }}</td>{% if s.error %}<td colspan="2" class="error">{{ s.error }}</td>
+    {% else %}<td class="p-fake">{{ '%.4f' % s.p_fake }}</td>
+    <td class="{{ s.label }}">{{ s.label }}</td>{% endif %}
+    <td>{{ '%.4f' % s.threshold }}</td></tr>
   {% endfor %}</table>
+  {% for note in res.notes %}<p class="warning note">Warning: {{ note }}</p>{% endfor %}
   {% if res.face_box %}<p class="note">face box (x, y, w, h):
    {{ res.face_box|join(', ') }}</p>{% endif %}
   {% for pic in res.pictures %}
