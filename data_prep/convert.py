@@ -21,6 +21,11 @@ What it does (format: `deepfake_jax/records.py`):
 - Shards are written under temporary names and renamed when the split is complete; the report
   follows, and `manifest.json` is written LAST (atomically), so an interrupted conversion leaves
   no manifest and `records.read_manifest` refuses the folder.
+- The output folder must be new, empty, or a previous conversion holding nothing but the files
+  this tool writes (then only with `--overwrite`, which removes just those files); a folder with
+  any other file is refused, with or without `--overwrite`, and so is an output inside the
+  input (its report's PNG would be read as a face by the next conversion).
+- Identical files carrying both labels are named on the console, not only in the report.
 - `--format tfds`: the same listing, validation, record order, records.csv and report, but the
   kept files go into a TFDS dataset `<output>/<tfds-name>/1.0.0/` (`data_prep/tfds_export.py`)
   that `tfds.data_source(name, data_dir=output)` reads; manifest.json then says `"format":
@@ -37,6 +42,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import re
 import sys
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -47,19 +53,29 @@ import numpy as np
 
 from data_prep import layouts, report
 from deepfake_jax import records
-from deepfake_jax.image_io import ImageDecodeError, decode_image_rgb, probe_image, sniff_format
+from deepfake_jax.image_io import (
+    ImageDecodeError,
+    decode_image_rgb,
+    probe_image,
+    read_image_file,
+    sniff_format,
+)
 
 RECORDS_INDEX = "records.csv"
 ARRAY_RECORD_OPTIONS = "group_size:1"
 HIST_SAMPLE_PER_CLASS = 500
 _PARTIAL_SUFFIX = ".array_record.partial"
 _OWNED_FILES = (records.MANIFEST_NAME, RECORDS_INDEX) + report.REPORT_FILES
+_SHARD_RE = re.compile(r"^[A-Za-z0-9_]+-\d{5}-of-\d{5}\.array_record$")
+_PARTIAL_RE = re.compile(r"^\.[A-Za-z0-9_]+-\d{5}" + re.escape(_PARTIAL_SUFFIX) + "$")
 _BATCH = 32
 FORMATS = ("arrayrecord", "tfds")
+MAX_SKIPPED_SHOWN = 20  # skipped files named on the console (all of them are in the report)
 
 
 class OutputExistsError(FileExistsError):
-    """The output folder already holds a converted dataset and --overwrite was not given."""
+    """The output folder already holds a converted dataset and --overwrite was not given, or it
+    holds files this tool did not write."""
 
 
 # ------------------------------------------------------------------------------------------
@@ -74,11 +90,10 @@ def _init_worker() -> None:
 def process_file(path_abs: str, rel_path: str, want_hist: bool = False) -> dict[str, Any]:
     """Reads, hashes and validates one file. Returns {'ok': True, 'data', 'sha256', 'probe',
     'height', 'width', 'hist'} or {'ok': False, 'reason'}."""
-    try:
-        with open(path_abs, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        return {"ok": False, "reason": f"unreadable: {e.strerror or e}"}
+    try:  # bounded: files over image_io.MAX_FILE_BYTES are refused before they are read
+        data = read_image_file(path_abs)
+    except ImageDecodeError as e:
+        return {"ok": False, "reason": e.reason}
     sha = hashlib.sha256(data).hexdigest()
     try:
         img = decode_image_rgb(data, rel_path)
@@ -133,34 +148,68 @@ def _imap_ordered(
 # Output folder handling
 
 
-def _existing_outputs(output_dir: str) -> list[str]:
-    if not os.path.isdir(output_dir):
-        return []
-    return sorted(
-        name for name in os.listdir(output_dir)
-        if name == records.MANIFEST_NAME or name.endswith(".array_record")
-        or name.endswith(_PARTIAL_SUFFIX)
-    )
+def _is_tfds_folder(path: str) -> bool:
+    """A folder `tfds_export` wrote: only versions (`*/dataset_info.json`) or `incomplete.*`."""
+    try:
+        entries = os.listdir(path)
+    except OSError:
+        return False
+    return bool(entries) and all(
+        os.path.exists(os.path.join(path, d, "dataset_info.json")) or d.startswith("incomplete.")
+        for d in entries)
+
+
+def _classify_output(output_dir: str) -> tuple[list[str], list[str]]:
+    """(markers of a previous conversion, entries this tool would not have written)."""
+    markers, foreign = [], []
+    for name in sorted(os.listdir(output_dir)):
+        path = os.path.join(output_dir, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            (markers if _is_tfds_folder(path) else foreign).append(name)
+        elif (name == records.MANIFEST_NAME or _SHARD_RE.match(name)
+              or _PARTIAL_RE.match(name)):
+            markers.append(name)
+        elif name not in _OWNED_FILES and name != records.MANIFEST_NAME + ".tmp":
+            foreign.append(name)
+    return markers, foreign
+
+
+def _shown(names: list[str]) -> str:
+    return ", ".join(names[:5]) + (" ..." if len(names) > 5 else "")
 
 
 def prepare_output(output_dir: str, overwrite: bool) -> None:
-    """Creates the folder; refuses (OutputExistsError) to reuse one with a dataset in it unless
-    overwrite, in which case the files this tool writes are removed (manifest first)."""
-    found = _existing_outputs(output_dir)
-    if found and not overwrite:
-        shown = ", ".join(found[:5]) + (" ..." if len(found) > 5 else "")
-        raise OutputExistsError(
-            f"output folder {output_dir} already holds a converted dataset ({shown}); "
-            "pass --overwrite to replace it, or choose another --output"
-        )
+    """Creates the folder. Refuses (OutputExistsError) a folder that is not new or empty unless
+    it is a previous conversion and holds nothing else (see the module docstring); that one
+    only with overwrite, which removes the files this tool writes (manifest first)."""
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise OutputExistsError(f"--output {output_dir} is a file, not a folder: choose a "
+                                "new or empty folder")
+    if os.path.isdir(output_dir) and os.listdir(output_dir):
+        markers, foreign = _classify_output(output_dir)
+        if not markers:
+            raise OutputExistsError(
+                f"output folder {output_dir} is not empty and holds no previous conversion "
+                f"({_shown(foreign)}): choose a new or empty folder (--overwrite only replaces "
+                "a conversion's own files)")
+        if foreign:
+            raise OutputExistsError(
+                f"output folder {output_dir} holds a converted dataset and other files this "
+                f"tool did not write ({_shown(foreign)}): move those away, or choose a new or "
+                "empty folder")
+        if not overwrite:
+            raise OutputExistsError(
+                f"output folder {output_dir} already holds a converted dataset "
+                f"({_shown(markers)}); pass --overwrite to replace it, or choose another "
+                "--output")
     os.makedirs(output_dir, exist_ok=True)
     if overwrite:
         manifest = os.path.join(output_dir, records.MANIFEST_NAME)
         if os.path.exists(manifest):
             os.remove(manifest)  # first: a crash from here on leaves no manifest
         for name in os.listdir(output_dir):
-            if (name in _OWNED_FILES or name.endswith(".array_record")
-                    or name.endswith(_PARTIAL_SUFFIX)):
+            if (name in _OWNED_FILES or name == records.MANIFEST_NAME + ".tmp"
+                    or _SHARD_RE.match(name) or _PARTIAL_RE.match(name)):
                 os.remove(os.path.join(output_dir, name))
 
 
@@ -284,8 +333,16 @@ def convert(
     log = log or (print if show_progress else (lambda _msg: None))
     input_dir = os.path.abspath(input_dir)
     output_dir = os.path.abspath(output_dir)
-    if output_dir == input_dir:
+    real_in, real_out = os.path.realpath(input_dir), os.path.realpath(output_dir)
+    if real_out == real_in:
         raise ValueError("--output must differ from --input (the images are not modified)")
+    if os.path.commonpath([real_in, real_out]) == real_in:
+        raise ValueError(f"--output {output_dir} is inside --input {input_dir}: the next "
+                         "conversion of the input would read the output's files (report "
+                         "plots) as images; choose a folder outside the input")
+    if os.path.commonpath([real_in, real_out]) == real_out:
+        raise ValueError(f"--input {input_dir} is inside --output {output_dir}: choose an "
+                         "output folder outside the input")
     parsed = layouts.parse_dataset(input_dir, layout, split_ratios, split_seed)
     prepare_output(output_dir, overwrite)
     if output_format == "tfds" and overwrite:
@@ -444,9 +501,22 @@ def format_summary(manifest: dict[str, Any], rep: dict[str, Any], output_dir: st
     reasons = collections.Counter(s["reason"].split(" (")[0] for s in rep["skipped"]["files"])
     lines.append(f"  skipped: {manifest['skipped']}"
                  + (f" ({dict(reasons.most_common(4))})" if reasons else ""))
+    listed = rep["skipped"]["files"]
+    for s in listed[:MAX_SKIPPED_SHOWN]:  # one line each: the file and why
+        lines.append(f"    {s['path']}: {s['reason']}")
+    if manifest["skipped"] > MAX_SKIPPED_SHOWN:
+        lines.append(f"    ... and {manifest['skipped'] - MAX_SKIPPED_SHOWN} more (report.md)")
     d = manifest.get("duplicates", {})
     lines.append(f"  duplicate groups: {d.get('within_split_groups', 0)} within a split, "
                  f"{d.get('cross_split_groups', 0)} across splits (leakage)")
+    conflicts = rep.get("duplicates", {}).get("label_conflicts", {})
+    if conflicts.get("num_groups"):
+        first = conflicts["groups"][0]
+        shown = ", ".join(f"{e['split']}:{e['path']} ({e['label']})"
+                          for e in first.get("entries", [])[:4])
+        lines.append(f"  WARNING: {conflicts['num_groups']} group(s) of identical files carry "
+                     f"both labels (e.g. {shown}; all in report.md): fix the labels or remove "
+                     "the copies, then convert again")
     v = rep.get("videos")
     if v:
         lines.append(f"  videos: {v['num_videos']} ({v['num_frames']} frames, {v['num_groups']} "
