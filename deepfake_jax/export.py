@@ -33,6 +33,22 @@ from flax import nnx
 
 from deepfake_jax import console, evaluate, predict, serving, sharding, train
 
+PLATFORMS = ("cpu", "cuda", "rocm", "tpu")  # what jax.export lowers for
+
+
+def parse_platforms(value: str | list[str] | None) -> list[str] | None:
+    """`--platforms`: a comma-separated subset of PLATFORMS (None: this machine's backend).
+    Raises ValueError for anything else (an artifact for an unknown platform runs nowhere)."""
+    if value is None:
+        return None
+    names = [p.strip().lower() for p in (value.split(",") if isinstance(value, str) else value)]
+    unknown = [p for p in names if p not in PLATFORMS]
+    if not names or unknown:
+        raise ValueError(f"--platforms {value!r}: unknown platform(s) "
+                         f"{', '.join(repr(p) for p in unknown) or '(none given)'}; choose from "
+                         f"{', '.join(PLATFORMS)}, comma-separated")
+    return list(dict.fromkeys(names))
+
 
 def _p_fake(logits: jax.Array) -> jax.Array:
     """p_fake from logits, as the trainer's eval step computes it."""
@@ -55,6 +71,7 @@ def serving_function(graphdef, params, batch_stats, mean, std):
 def export_run(workdir: str, output: str, *, checkpoint: str = "latest",
                use_ema: bool | None = None, platforms: list[str] | None = None) -> dict:
     """Writes the artifact and its sidecar JSON; returns the metadata."""
+    platforms = parse_platforms(platforms)
     workdir = os.path.abspath(workdir)
     config = evaluate.load_run_config(workdir)
     use_ema = bool(config.eval.use_ema) if use_ema is None else bool(use_ema)
@@ -150,7 +167,10 @@ def main(argv: list[str] | None = None) -> dict:
     console.add_argument(parser)
     args = parser.parse_args(argv)
     console.setup(args.verbose)
-    platforms = [p.strip() for p in args.platforms.split(",")] if args.platforms else None
+    try:
+        platforms = parse_platforms(args.platforms)
+    except ValueError as e:
+        parser.error(str(e))
     try:
         meta = export_run(args.workdir, args.output, checkpoint=args.checkpoint,
                           use_ema=args.use_ema, platforms=platforms)

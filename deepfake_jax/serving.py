@@ -5,6 +5,10 @@
     p_fake = detector(images)                         # uint8 (N, S, S, 3) RGB, S = crop_size
     labels = detector.labels(p_fake)                  # "fake" / "real" at the run's threshold
 
+`load_exported` checks the artifact against the sha256 its sidecar recorded and raises a
+one-line ValueError naming the file when it is truncated, replaced or not an artifact.
+`labels` refuses a NaN score (ValueError naming the images): NaN is no evidence of "real".
+
 The artifact (`python -m deepfake_jax.export`) is a serialized `jax.export.Exported`: the
 trained weights, the input normalisation, the network and the sigmoid/softmax, lowered to
 StableHLO with a symbolic batch dimension. The sidecar JSON holds what a caller needs to know:
@@ -21,7 +25,9 @@ the artifact into a serving environment that has only `jax` and `numpy`.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
 from typing import Any
 
@@ -74,7 +80,14 @@ class ExportedDetector:
         if threshold is None:
             raise ValueError("the export recorded no threshold (the run had no evaluation): "
                              "pass threshold=")
-        return ["fake" if p >= threshold else "real" for p in np.asarray(p_fake).ravel()]
+        scores = np.asarray(p_fake, np.float64).ravel()
+        bad = [i for i, p in enumerate(scores) if not math.isfinite(p)]
+        if bad:  # NaN >= threshold is False: it would silently read "real"
+            shown = ", ".join(str(i) for i in bad[:10]) + (" ..." if len(bad) > 10 else "")
+            raise ValueError(f"p_fake is not a number for {len(bad)} of {len(scores)} image(s) "
+                             f"(positions {shown}): no label; check those inputs, or the "
+                             "artifact's weights if every score is NaN")
+        return ["fake" if p >= threshold else "real" for p in scores]
 
 
 def load_exported(path: str) -> ExportedDetector:
@@ -84,10 +97,25 @@ def load_exported(path: str) -> ExportedDetector:
         if not os.path.isfile(p):
             raise FileNotFoundError(f"{p} does not exist (write it with python -m "
                                     "deepfake_jax.export)")
-    with open(meta_path) as f:
-        metadata = json.load(f)
-    if metadata.get("format") != FORMAT:
-        raise ValueError(f"{meta_path}: format {metadata.get('format')!r}, expected {FORMAT!r}")
+    try:
+        with open(meta_path) as f:
+            metadata = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{meta_path}: cannot read the artifact's metadata ({e}): export the "
+                         "run again") from None
+    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
+        found = metadata.get("format") if isinstance(metadata, dict) else type(metadata).__name__
+        raise ValueError(f"{meta_path}: format {found!r}, expected {FORMAT!r}")
     with open(path, "rb") as f:
-        exported = jax_export.deserialize(bytearray(f.read()))
+        blob = f.read()
+    expected = metadata.get("sha256")
+    if expected and hashlib.sha256(blob).hexdigest() != expected:
+        raise ValueError(f"{path}: the artifact ({len(blob)} bytes) does not match the sha256 "
+                         f"recorded in {os.path.basename(meta_path)}: it is truncated or was "
+                         "replaced; export the run again")
+    try:
+        exported = jax_export.deserialize(bytearray(blob))
+    except Exception as e:  # noqa: BLE001 - struct.error, flatbuffers errors, ...
+        raise ValueError(f"{path}: not a readable jax.export artifact ({type(e).__name__}: "
+                         f"{e}); export the run again") from None
     return ExportedDetector(exported, metadata)
