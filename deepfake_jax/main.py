@@ -26,17 +26,33 @@ flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-proc
 flags.DEFINE_integer("process_id", None, "This process's index in [0, num_processes).")
 
 
+# Exit status of a run that stopped before its end with a checkpoint saved (SIGTERM/SIGINT, or
+# config.halt_after_steps): rerun the same command to resume. 75 is EX_TEMPFAIL of sysexits.h
+# ("try again later"); scripts/slurm_train.sbatch requeues the job on it.
+HALTED_EXIT_STATUS = 75
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     console.setup()
     distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-    if FLAGS.config.get("kfold", 0) > 1:
-        from deepfake_jax import kfold
+    try:
+        if FLAGS.config.get("kfold", 0) > 1:
+            from deepfake_jax import kfold
 
-        kfold.run_kfold(FLAGS.config, FLAGS.workdir)
-    else:
-        train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+            summary = kfold.run_kfold(FLAGS.config, FLAGS.workdir)
+        else:
+            summary = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except (OSError, ValueError) as e:  # bad data, config, workdir or checkpoint: one line
+        if console.verbose_requested():
+            raise
+        sys.exit(f"error: {e}")
+    if summary.get("halted"):
+        print(f"halted ({summary['halted']}) at step {summary.get('step', '?')} with a "
+              f"checkpoint: rerun the same command to resume (exit status "
+              f"{HALTED_EXIT_STATUS})", file=sys.stderr)
+        sys.exit(HALTED_EXIT_STATUS)
 
 
 def parse_flags(argv: list[str]) -> list[str]:

@@ -288,3 +288,43 @@ def test_main_prints_one_line_for_a_workdir_that_is_a_file(tmp_path):
     lines = [line for line in run.stderr.splitlines() if line.strip()]
     assert lines[-1].startswith("error: --workdir") and "is a file" in lines[-1]
     assert "Traceback" not in run.stderr
+
+
+# ----------------------------------------------------------------------------- defect 10
+
+
+@pytest.mark.parametrize("srun_exit, requeued", [("exit 75", True), ("exit 0", False),
+                                                 ("exit 1", False), ("term", True)])
+def test_slurm_launcher_requeues_a_halted_run(tmp_path, srun_exit, requeued):
+    """scripts/slurm_train.sbatch with stand-ins for srun and scontrol: exit status 75 (a
+    halted run) requeues the job; SIGTERM to the batch shell reaches the training command."""
+    import signal
+    import time
+
+    bin_dir, venv = tmp_path / "bin", tmp_path / "venv"
+    bin_dir.mkdir()
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "activate").write_text("")
+    body = ("trap 'exit 75' TERM; touch started; while true; do sleep 0.05; done"
+            if srun_exit == "term" else srun_exit)
+    (bin_dir / "srun").write_text(f"#!/bin/bash\n{body}\n")
+    (bin_dir / "scontrol").write_text(f"#!/bin/bash\necho \"$@\" > {tmp_path}/scontrol\n")
+    for tool in ("srun", "scontrol"):
+        os.chmod(bin_dir / tool, 0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "VENV": str(venv),
+           "SLURM_JOB_ID": "123"}
+    job = subprocess.Popen(["bash", os.path.join(ROOT, "scripts", "slurm_train.sbatch"),
+                            "configs/default.py", "runs/x"], cwd=tmp_path, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if srun_exit == "term":
+        deadline = time.time() + 30
+        while not (tmp_path / "started").exists() and time.time() < deadline:
+            time.sleep(0.05)
+        job.send_signal(signal.SIGTERM)
+    out, _ = job.communicate(timeout=60)
+    expected = 75 if requeued else int(srun_exit.split()[1])
+    assert job.returncode == expected, out
+    scontrol = tmp_path / "scontrol"
+    assert scontrol.exists() == requeued, out
+    if requeued:
+        assert scontrol.read_text().split() == ["requeue", "123"]

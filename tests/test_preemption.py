@@ -1,48 +1,67 @@
-"""SIGTERM mid-run (a preempted job): the run saves and exits; the restart ends where an
-uninterrupted run ends."""
+"""The kill matrix: SIGKILL and SIGTERM during training and during a checkpoint save, each
+followed by a rerun of the same command; the run ends with the weights, metrics and
+metrics.jsonl rows of an uninterrupted run.
+
+One run is interrupted four times in a row. SIGKILL (the process gone, nothing saved: the
+rerun resumes from the checkpoint before) and the halted exit status need a process of their
+own (`tests/kill_driver.py`); SIGTERM during training, the resume and the end run in this
+process (a preempted job: the run saves and returns `halted`)."""
 
 import json
 import os
 import signal
-import threading
-import time
+import subprocess
+import sys
 
 import numpy as np
 from restored import assert_latest_checkpoints_close
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HALTED_EXIT_STATUS = 75  # deepfake_jax.main.HALTED_EXIT_STATUS (its flags clash with evaluate's)
 
-def _signal_after_first_log_line(workdir: str, stop: threading.Event) -> None:
-    path = os.path.join(workdir, "metrics.jsonl")
-    while not stop.is_set():
-        if os.path.exists(path) and '"train"' in open(path).read():
-            os.kill(os.getpid(), signal.SIGTERM)
-            return
-        time.sleep(0.05)
+# (KILL_AT of tests/kill_driver.py, exit status), run by the command line in this order
+KILLS = (("train:3:SIGKILL", -signal.SIGKILL),   # mid-training, after checkpoint 2
+         ("save:4:SIGKILL", -signal.SIGKILL),    # checkpoint 4 half written
+         ("save:4:SIGTERM", HALTED_EXIT_STATUS))  # during a save: it completes, then halts
 
 
-def test_sigterm_saves_and_the_restart_matches_an_uninterrupted_run(trained_workdir, tiny_dataset,
-                                                                     tmp_path):
+def test_kill_matrix_ends_where_an_uninterrupted_run_ends(trained_workdir, tiny_dataset, tmp_path,
+                                                          monkeypatch):
     import jax
 
     from configs import default
-    from deepfake_jax import train
+    from deepfake_jax import logging_utils, train
 
     reference_dir, reference = trained_workdir
+    workdir = str(tmp_path / "interrupted")
+    # Logging every step (the reference logs every 2nd) changes nothing but the rows written.
+    args = ["--config", "configs/default.py:tiny", "--workdir", workdir,
+            f"--config.data.dir={tiny_dataset}", "--config.log_every_steps=1"]
+    env = {**os.environ, "DEEPFAKE_JAX_NO_HUGE_PAGES": "1"}
+    for spec, expected in KILLS:
+        run = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "kill_driver.py"),
+                              *args], cwd=ROOT, env={**env, "KILL_AT": spec},
+                             capture_output=True, text=True, timeout=600)
+        assert run.returncode == expected, (spec, run.stderr[-3000:])
+    assert "halted (SIGTERM) at step 4" in run.stderr
+    assert "rerun the same command to resume" in run.stderr
+
+    # SIGTERM mid-training (step 5, in this process): checkpoint 5 saved, `halted` returned
     config = default.get_config("tiny")
     config.data.dir = tiny_dataset
-    workdir = str(tmp_path / "preempted")
+    config.log_every_steps = 1
+    write = logging_utils.MetricWriter.write
 
-    stop = threading.Event()
-    watcher = threading.Thread(target=_signal_after_first_log_line, args=(workdir, stop))
-    watcher.start()
-    try:
-        halted = train.train_and_evaluate(config, workdir)
-    finally:
-        stop.set()
-        watcher.join()
-    assert halted["halted"] == "SIGTERM", halted
-    assert 0 < halted["step"] < reference["step"]
+    def write_then_sigterm(self, step, kind, values):
+        write(self, step, kind, values)
+        if kind == "train" and step == 5:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(logging_utils.MetricWriter, "write", write_then_sigterm)
+    halted = train.train_and_evaluate(config, workdir)
+    assert halted["halted"] == "SIGTERM" and halted["step"] == 5, halted
     assert not os.path.exists(os.path.join(workdir, "eval"))  # stopped before the end
+    monkeypatch.undo()
 
     resumed = train.train_and_evaluate(config, workdir)
     assert resumed["step"] == reference["step"]
@@ -52,7 +71,13 @@ def test_sigterm_saves_and_the_restart_matches_an_uninterrupted_run(trained_work
         want = reference["eval"][split]
         for key in ("roc_auc", "log_loss", "threshold"):
             np.testing.assert_allclose(got[key], want[key], atol=1e-6, err_msg=f"{split} {key}")
-
     mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
     assert_latest_checkpoints_close(workdir, reference_dir, mesh, fields=("ema_params",),
                                     atol=1e-6)
+
+    # metrics.jsonl: each row once, although steps 3-4 ran three times and step 5 twice
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        rows = [(r["kind"], r["step"]) for r in map(json.loads, f)]
+    assert len(rows) == len(set(rows)), sorted(rows)
+    assert sorted(s for k, s in rows if k == "train") == [1, 2, 3, 4, 5, 6]
+    assert sorted(s for k, s in rows if k == "val") == [4, 6]
