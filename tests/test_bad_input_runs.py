@@ -270,11 +270,38 @@ def test_evaluate_errors_are_one_line(run_copy, tmp_path):
                                        "d", "*"), recursive=True):
         with open(path, "r+b") as f:
             f.truncate(10)
+    where = f"could not restore checkpoint step {latest} ({run_copy}/checkpoints/{latest})"
     code, message = _evaluate_cli(["--workdir", run_copy, "--bootstrap", "0"])
-    assert code != 0, message
-    assert (f"could not restore checkpoint step {latest} ({run_copy}/checkpoints/{latest})"
-            in _one_line(message))
+    assert code != 0 and where in _one_line(message), message
     assert "delete" not in message.lower()
+    _damaged_checkpoint_in_predict_export_and_the_app(run_copy, where, tmp_path)
+
+
+def _damaged_checkpoint_in_predict_export_and_the_app(run_copy, where, tmp_path):
+    from absl import flags
+
+    from data_prep import synthetic
+    from deepfake_jax import checkpointing, evaluate, export, predict
+
+    with pytest.raises(SystemExit) as raised:  # export's CLI
+        export.main(["--workdir", run_copy, "--output", str(tmp_path / "model.jaxexport")])
+    assert where in _one_line(str(raised.value.code))
+    # predict's scorer, which the web app's LoadedRun uses too (its CLI prints `error: ...`)
+    with pytest.raises(checkpointing.CheckpointError) as raised:
+        predict.Scorer(evaluate.load_run_config(run_copy), run_copy, "latest", True, 8, None)
+    assert isinstance(raised.value, ValueError) and where in _one_line(str(raised.value))
+    folder = tmp_path / "to_score"
+    folder.mkdir()
+    synthetic.generate_140k(str(folder), counts={"test": 1}, image_size=32, seed=3)
+    flags.FLAGS.unparse_flags()
+    argv = flags.FLAGS(["predict", "--workdir", run_copy, "--output",
+                        str(tmp_path / "p.csv"), "--recursive", str(folder)])
+    try:
+        with pytest.raises(SystemExit) as raised:
+            predict.main(argv)
+    finally:
+        flags.FLAGS.unparse_flags()
+    assert where in _one_line(str(raised.value.code))
 
 
 def test_main_prints_one_line_for_a_workdir_that_is_a_file(tmp_path):
