@@ -49,7 +49,7 @@ import cv2
 import numpy as np
 
 from deepfake_jax import console
-from deepfake_jax.image_io import decode_image_rgb, list_images
+from deepfake_jax.image_io import decode_image_rgb, list_images, read_image_file
 
 __all__ = [
     "CANONICAL_EYES",
@@ -484,8 +484,7 @@ def process_file(path: str, backend: LandmarkBackend, outdir: str, key: str, *,
     row: dict[str, Any] = {c: "" for c in CSV_COLUMNS}
     row.update(path=path, faces=0)
     try:
-        with open(path, "rb") as f:
-            image = decode_image_rgb(f.read(), path)
+        image = decode_image_rgb(read_image_file(path), path)  # bounded, see image_io
     except OSError as e:
         row.update(status="error", error=f"cannot read file: {e.strerror or e}")
         return row

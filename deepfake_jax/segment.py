@@ -39,7 +39,7 @@ import numpy as np
 import tqdm
 
 from deepfake_jax import console, evaluate, faces, seg_train, segmentation, sharding
-from deepfake_jax.image_io import ImageDecodeError, decode_image_rgb, list_images
+from deepfake_jax.image_io import ImageDecodeError, decode_image_rgb, list_images, read_image_file
 
 FACE_MARGIN = 0.3
 # Classes that make a face (not background, clothes, neck or hair): used to decide no_face.
@@ -200,8 +200,7 @@ def segment_paths(workdir: str, paths: list[str], out_dir: str, *, checkpoint: s
     for path in bar:
         row: dict[str, Any] = {"path": path, "stem": stems(path), "status": "ok", "error": None}
         try:
-            with open(path, "rb") as f:
-                image = decode_image_rgb(f.read(), path)
+            image = decode_image_rgb(read_image_file(path), path)  # bounded, see image_io
         except (OSError, ImageDecodeError) as e:
             row.update(status="error", error=str(e) if isinstance(e, ImageDecodeError)
                        else f"cannot read {path}: {e.strerror or e}")
