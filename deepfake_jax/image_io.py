@@ -366,7 +366,7 @@ LISTED_EXTENSIONS = IMAGE_EXTENSIONS + (".jpe", ".jfif", ".gif", ".tif", ".tiff"
 
 
 def list_images(paths: list[str], recursive: bool = False,
-                not_listed: list[str] | None = None) -> list[str]:
+                not_listed: list[str] | None = None, warn: bool = True) -> list[str]:
     """Files to read, in a stable order: each path given (files as given, whatever their
     extension, and missing ones too, so they get an error row), folders expanded to their
     files with an image extension (LISTED_EXTENSIONS, any case; broken symbolic links too, so
@@ -374,6 +374,7 @@ def list_images(paths: list[str], recursive: bool = False,
 
     `not_listed`, when given, receives one line per folder on what it held that is not listed
     (files without an image extension, subfolders without `recursive`), so a caller can say so.
+    `warn`: log a warning for a folder without any image file.
 
     Shared by predict, segment and landmarks; lives here because it must not import jax."""
     out, seen = [], set()
@@ -401,7 +402,7 @@ def list_images(paths: list[str], recursive: bool = False,
                     found.append(os.path.join(path, f))
         images = sorted(f for f in found if f.lower().endswith(LISTED_EXTENSIONS))
         others = sorted(f for f in found if not f.lower().endswith(LISTED_EXTENSIONS))
-        if not images:
+        if not images and warn:
             logging.getLogger(__name__).warning(
                 "%s holds no %s files%s", path, "/".join(IMAGE_EXTENSIONS),
                 "" if recursive else " (subfolders need --recursive)")

@@ -344,7 +344,8 @@ def check_output(output: str, paths: list[str], recursive: bool = False) -> None
         raise ValueError(f"--output {output}: give a .csv or .json file name (the suffix picks "
                          "the format)")
     real = os.path.realpath(output)
-    inputs = {os.path.realpath(p) for p in [*paths, *list_images(list(paths), recursive)]}
+    listed = list_images(list(paths), recursive, warn=False)  # predict_paths warns later
+    inputs = {os.path.realpath(p) for p in [*paths, *listed]}
     if real in inputs:
         raise ValueError(f"--output {output} is one of the input files and would be "
                          "overwritten: choose another name")
