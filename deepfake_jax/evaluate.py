@@ -86,7 +86,7 @@ def run_config_at(workdir: str, checkpoint: str | int = "latest"
     """(config of the run that saved the checkpoint, its step); `checkpoint`: latest, best or
     a step. A later rerun's config (one that changed the model, say) never replaces it."""
     workdir = os.path.abspath(workdir)
-    newest = load_run_config(workdir)
+    newest = load_run_config(workdir, None)
     ckpt = checkpointing.open_run(workdir, newest)
     try:
         step = ckpt.select(checkpoint)

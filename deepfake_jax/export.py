@@ -73,7 +73,7 @@ def export_run(workdir: str, output: str, *, checkpoint: str = "latest",
     """Writes the artifact and its sidecar JSON; returns the metadata."""
     platforms = parse_platforms(platforms)
     workdir = os.path.abspath(workdir)
-    config = evaluate.load_run_config(workdir)
+    config = evaluate.load_run_config(workdir, checkpoint)
     use_ema = bool(config.eval.use_ema) if use_ema is None else bool(use_ema)
     mesh = sharding.make_mesh(None, devices=jax.local_devices()[:1])
     graphdef, state, step = evaluate.restore_state(config, workdir, checkpoint, mesh)
@@ -129,7 +129,7 @@ def flax_p_fake(workdir: str, images: np.ndarray, *, checkpoint: str = "latest",
                 use_ema: bool | None = None) -> np.ndarray:
     """p_fake of uint8 crop-size images by the trainer's own eval step (the reference)."""
     workdir = os.path.abspath(workdir)
-    config = evaluate.load_run_config(workdir)
+    config = evaluate.load_run_config(workdir, checkpoint)
     use_ema = bool(config.eval.use_ema) if use_ema is None else bool(use_ema)
     mesh = sharding.make_mesh(None, devices=jax.local_devices()[:1])
     graphdef, state, _ = evaluate.restore_state(config, workdir, checkpoint, mesh)

@@ -207,7 +207,7 @@ def predict_paths(workdir: str, paths: list[str], *, checkpoint: str = "latest",
     costs no checkpoint restore or compilation.
     """
     workdir = os.path.abspath(workdir)
-    config = evaluate.load_run_config(workdir)
+    config = evaluate.load_run_config(workdir, checkpoint)
     use_ema = bool(config.eval.use_ema) if use_ema is None else bool(use_ema)
     crop_size = int(config.input.crop_size)
     resize_to = config.input.get("resize_to") or None

@@ -355,7 +355,7 @@ def evaluate_checkpoint(workdir: str, *, checkpoint: str = "latest", split: str 
     from deepfake_jax import evaluate
 
     workdir = os.path.abspath(workdir)
-    config = evaluate.load_run_config(workdir)
+    config = evaluate.load_run_config(workdir, checkpoint)
     if config.get("task") != "segmentation":
         raise ValueError(f"{workdir} is not a face-parsing run (config.task = "
                          f"{config.get('task', 'classification')!r})")

@@ -56,7 +56,7 @@ class FaceParser:
     def __init__(self, workdir: str, checkpoint: str = "latest", use_ema: bool | None = None,
                  batch_size: int = 16, devices: list | None = None):
         self.workdir = os.path.abspath(workdir)
-        config = evaluate.load_run_config(self.workdir)
+        config = evaluate.load_run_config(self.workdir, checkpoint)
         if config.get("task", "classification") != "segmentation":
             raise ValueError(f"{self.workdir} is not a face-parsing run (config.task = "
                              f"{config.get('task', 'classification')!r})")

@@ -66,6 +66,7 @@ def test_a_failed_rerun_leaves_the_finished_run_usable(run_copy, tiny_dataset):
     with open(os.path.join(run_copy, "config.1.json"), "w") as f:
         json.dump(bad, f)
     assert evaluate.load_run_config(run_copy).model.variant == "tiny"
+    assert evaluate.load_run_config(run_copy, "best").model.variant == "tiny"
     assert evaluate.load_run_config(run_copy, None).model.variant == "18"  # the newest file
     results = evaluate.evaluate_checkpoint(run_copy, bootstrap=0)
     assert next(iter(results.values()))["roc_auc"] > 0

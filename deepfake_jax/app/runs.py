@@ -114,7 +114,7 @@ class LoadedRun:
                  batch_size: int = 16, devices: list | None = None):
         start = time.time()
         self.workdir = os.path.abspath(workdir)
-        self.config = evaluate.load_run_config(self.workdir)
+        self.config = evaluate.load_run_config(self.workdir, checkpoint)
         self.use_ema = bool(self.config.eval.use_ema) if use_ema is None else bool(use_ema)
         self.crop_size = int(self.config.input.crop_size)
         self.resize_to = self.config.input.get("resize_to") or None
