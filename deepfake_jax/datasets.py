@@ -107,23 +107,17 @@ def _generate_and_convert(synth, images_dir: str, out_dir: str) -> None:
                     log=lambda _msg: None)
 
 
-def check_classification_splits(config, dataset_dir: str) -> list[str]:
-    """The splits the final evaluation can use, after refusing data a classifier cannot learn
-    from or be validated on (read from a converted dataset's manifest; mixes and TFDS datasets
-    are checked by `prepare`).
-
-    Refused (ValueError): no train or validation split; a train or validation split with one
-    class only (nothing to tell apart; ROC AUC, the threshold and the checkpoint ranking are
-    undefined on a one-class validation split). Warned about, training goes on: no test split
-    (the final evaluation covers the validation split only), a one-class test split (its ROC
-    AUC is undefined; accuracy still says how many were classified right).
-    """
+def check_splits(config, dataset_dir: str) -> list[str]:
+    """The splits the final evaluation can use (validation, then test), after refusing a
+    converted dataset without the train or validation split (checked from its manifest, before
+    training; mixes and TFDS datasets are checked by `prepare`). No test split (what
+    `data_prep.convert --split-ratios 0.9,0.1` makes) is a warning: training goes on and the
+    final evaluation covers the validation split only."""
     data = config.data
     splits = [s for s in (data.train_split, data.val_split, data.get("test_split")) if s]
     if tfds_config(config) is not None or domain_mix.domains_of(config):
         return splits[1:]
-    manifest = records.read_manifest(dataset_dir)
-    found = manifest.get("splits", {})
+    found = records.read_manifest(dataset_dir).get("splits", {})
     where = os.path.join(dataset_dir, records.MANIFEST_NAME)
     for key, split in (("train_split", data.train_split), ("val_split", data.val_split)):
         if split not in found:
@@ -138,7 +132,23 @@ def check_classification_splits(config, dataset_dir: str) -> list[str]:
                         "convert with --split-ratios 0.8,0.1,0.1.", where, test, sorted(found),
                         data.val_split)
         splits.remove(test)
-    for split in splits:
+    return splits[1:]
+
+
+def check_classification_splits(config, dataset_dir: str) -> list[str]:
+    """`check_splits`, then the classes of each split (from the manifest's counts).
+
+    Refused (ValueError): a train or validation split with one class only (nothing to tell
+    apart; ROC AUC, the threshold and the checkpoint ranking are undefined on a one-class
+    validation split). Warned about, training goes on: a one-class test split (its ROC AUC is
+    undefined; accuracy still says how many were classified right).
+    """
+    eval_splits = check_splits(config, dataset_dir)
+    if tfds_config(config) is not None or domain_mix.domains_of(config):
+        return eval_splits
+    found = records.read_manifest(dataset_dir).get("splits", {})
+    test = config.data.get("test_split")
+    for split in [config.data.train_split, *eval_splits]:
         counts = found[split].get("counts")
         if not counts:
             continue
@@ -147,13 +157,12 @@ def check_classification_splits(config, dataset_dir: str) -> list[str]:
             continue
         have = ", ".join(f"{counts.get(n, 0)} {n}" for n in records.CLASS_NAMES)
         if split == test:
-            message = (f"the {split!r} split of {dataset_dir} has no {missing[0]} images "
-                       f"({have}): its ROC AUC is undefined; training goes on")
-            logging.warning("%s", message)
+            logging.warning("the %r split of %s has no %s images (%s): its ROC AUC is "
+                            "undefined; training goes on", split, dataset_dir, missing[0], have)
             continue
         raise ValueError(
             f"the {split!r} split of {dataset_dir} has no {missing[0]} images ({have}): a "
             "real/fake detector needs both classes in its train and validation splits; add "
             f"{missing[0]} images and convert again (data_prep.convert stratifies "
             "--split-ratios by class)")
-    return splits[1:]
+    return eval_splits

@@ -35,6 +35,7 @@ from jax.experimental import multihost_utils
 from deepfake_jax import (
     checkpointing,
     console,
+    datasets,
     records,
     seg_pipeline,
     segmentation,
@@ -283,9 +284,14 @@ class SegmentationTask:
         self.preprocess = seg_pipeline.SegPreprocess.from_config(config.input)
         self.num_classes = int(config.num_classes)
         self._last_validation: tuple[int, tuple, dict] | None = None  # (step, files, result)
+        self.eval_splits = [s for s in (config.data.val_split, config.data.get("test_split"))
+                            if s]
 
     def prepare_data(self, workdir: str) -> str:
-        return prepare_data(self.config, workdir)
+        dataset_dir = prepare_data(self.config, workdir)
+        # No train or validation split: refused now; no test split: skipped at the end.
+        self.eval_splits = datasets.check_splits(self.config, dataset_dir)
+        return dataset_dir
 
     def make_steps(self, mesh, graphdef, tx, schedule, state_shardings):
         config = self.config
@@ -325,9 +331,7 @@ class SegmentationTask:
                          step: int) -> dict[str, Any]:
         config = self.config
         results = {}
-        for split in (config.data.val_split, config.data.test_split):
-            if not split:
-                continue
+        for split in self.eval_splits:
             files = records.split_files(dataset_dir, split)
             last = self._last_validation
             reuse = last is not None and last[:2] == (int(jax.device_get(state.step)),

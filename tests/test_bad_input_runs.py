@@ -207,6 +207,26 @@ def test_a_dataset_without_test_split_trains_and_evaluates_what_exists(face_imag
     assert os.path.exists(os.path.join(workdir, "eval", "valid", "metrics.json"))
 
 
+def test_a_face_parsing_dataset_without_test_split_is_checked_up_front(tmp_path, caplog):
+    from configs import bisenet_face_parsing
+    from deepfake_jax import records, seg_train
+
+    data = tmp_path / "parsing"
+    data.mkdir()
+    manifest = {"format_version": records.FORMAT_VERSION, "task": "segmentation",
+                "splits": {"train": {"files": []}, "valid": {"files": []}}}
+    (data / records.MANIFEST_NAME).write_text(json.dumps(manifest))
+    config = bisenet_face_parsing.get_config("tiny")
+    config.data.dir = str(data)
+    task = seg_train.SegmentationTask(config)
+    with caplog.at_level("WARNING"):
+        task.prepare_data(str(tmp_path / "run"))
+    assert task.eval_splits == ["valid"] and "has no 'test' split" in caplog.text
+    config.data.val_split = "validation"
+    with pytest.raises(ValueError, match="no 'validation' split"):
+        seg_train.SegmentationTask(config).prepare_data(str(tmp_path / "run"))
+
+
 # ----------------------------------------------------------------------------- defect 9
 
 
