@@ -787,6 +787,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     start = int(jax.device_get(state.step))
     # The run has started: record its config now (a rerun that failed above left none behind)
     # and name it in every checkpoint it saves, so loaders rebuild the model with it.
+    # (orbax writes step metadata from process 0 only: the other processes' name is unused)
     config_path = (logging_utils.save_config(config, workdir) if jax.process_index() == 0
                    else logging_utils.next_config_path(workdir))
     ckpt.config_file = os.path.basename(config_path)
