@@ -363,13 +363,20 @@ def test_slurm_launcher_requeues_a_halted_run(tmp_path, srun_exit, requeued):
            "SLURM_JOB_ID": "123"}
     job = subprocess.Popen(["bash", os.path.join(ROOT, "scripts", "slurm_train.sbatch"),
                             "configs/default.py", "runs/x"], cwd=tmp_path, env=env,
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    if srun_exit == "term":
-        deadline = time.time() + 30
-        while not (tmp_path / "started").exists() and time.time() < deadline:
-            time.sleep(0.05)
-        job.send_signal(signal.SIGTERM)
-    out, _ = job.communicate(timeout=60)
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           start_new_session=True)
+    try:
+        if srun_exit == "term":
+            deadline = time.time() + 30
+            while not (tmp_path / "started").exists() and time.time() < deadline:
+                time.sleep(0.05)
+            job.send_signal(signal.SIGTERM)
+        out, _ = job.communicate(timeout=60)
+    finally:
+        try:
+            os.killpg(job.pid, signal.SIGKILL)  # a stand-in left behind, if any
+        except ProcessLookupError:
+            pass
     expected = 75 if requeued else int(srun_exit.split()[1])
     assert job.returncode == expected, out
     scontrol = tmp_path / "scontrol"
