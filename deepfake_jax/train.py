@@ -771,13 +771,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             state, restored_iter = ckpt.restore(
                 start, abstract_state_like(state, state_shardings), train_iter)
         except checkpointing.CheckpointError as e:
+            advice = _how_to_resume(config, workdir, ckpt, start)
             ckpt.close()
-            recorded = logging_utils.config_for_step(workdir, ckpt, start)
-            raise checkpointing.CheckpointError(
-                f"{e}; nothing was written. To resume, rerun with the config that wrote it "
-                f"({recorded or 'config.json'} in the workdir; a resume may change e.g. "
-                "num_epochs or halt_after_steps, not the model), or train in a new --workdir"
-            ) from e
+            raise checkpointing.CheckpointError(f"{e}; nothing was written. {advice}") from e
         if restored_iter is None:  # saved by a job with another process count
             logging.warning("Checkpoint %d was written by a job with a different process "
                             "count: the data stream is re-positioned at its global batch.", start)
@@ -870,6 +866,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     writer.close()
     return {"step": step, "train": train_metrics, "eval": results,
             "best_step": best_step, **({"early_stopping": stopped} if stopped else {})}
+
+
+# What a resumed run must keep: its model and the structure of its optimizer state.
+_RESTORE_KEYS = ("task", "model_name", "model", "num_classes", "optimizer")
+
+
+def _how_to_resume(config, workdir: str, ckpt, step: int) -> str:
+    """After a failed restore of checkpoint `step`: what to change (the config, when it is not
+    the one that wrote the checkpoint; else the checkpoint looks damaged)."""
+    import json
+
+    recorded = logging_utils.config_for_step(workdir, ckpt, step)
+    if recorded:
+        with open(os.path.join(workdir, recorded)) as f:
+            wrote = json.load(f)
+        mine = json.loads(config.to_json_best_effort())
+        changed = [f"config.{k}" for k in _RESTORE_KEYS if mine.get(k) != wrote.get(k)]
+        if changed:
+            return (f"This run's {', '.join(changed)} differ from {recorded}'s, the config "
+                    "that wrote it: to resume, rerun with that config (a resume may change "
+                    "e.g. num_epochs or halt_after_steps), or train in a new --workdir")
+    older = sorted(s for s in ckpt.all_steps() if s < step)
+    target = f"step {older[-1]}" if older else "the start"
+    return (f"The config matches the one that wrote it, so its files look damaged: to resume "
+            f"from {target}, move the folder {os.path.join(ckpt.directory, str(step))} out of "
+            f"{ckpt.directory} (keep it until the run is back on track), or train in a new "
+            "--workdir")
 
 
 def _restore_early_stopping_best(es, ckpt, state, state_shardings, step: int):

@@ -54,7 +54,7 @@ def test_a_failed_rerun_leaves_the_finished_run_usable(run_copy, tiny_dataset):
     with pytest.raises(checkpointing.CheckpointError) as raised:
         train.train_and_evaluate(_config(tiny_dataset, **{"model.variant": "18"}), run_copy)
     message = _one_line(str(raised.value))
-    assert "checkpoints/" in message and "config.json" in message
+    assert "checkpoints/" in message and "config.model differ from config.json's" in message
     assert "delete" not in message.lower()
     assert sorted(os.listdir(run_copy)) == configs_before, "the failed rerun wrote something"
 
@@ -267,7 +267,7 @@ def _evaluate_cli(args):
 
 
 def test_evaluate_errors_are_one_line(run_copy, tmp_path):
-    from deepfake_jax import evaluate  # noqa: F401 (its flags)
+    from deepfake_jax import evaluate
 
     no_checkpoint = tmp_path / "fresh"
     no_checkpoint.mkdir()
@@ -295,6 +295,11 @@ def test_evaluate_errors_are_one_line(run_copy, tmp_path):
     code, message = _evaluate_cli(["--workdir", run_copy, "--bootstrap", "0"])
     assert code != 0 and where in _one_line(message), message
     assert "delete" not in message.lower()
+    from deepfake_jax import train  # resuming from it: move it aside, the step before is intact
+
+    with pytest.raises(ValueError, match=rf"look damaged: to resume from step \d+, move the "
+                       rf"folder {run_copy}/checkpoints/{latest} out of"):
+        train.train_and_evaluate(evaluate.load_run_config(run_copy, None), run_copy)
     _damaged_checkpoint_in_predict_export_and_the_app(run_copy, where, tmp_path)
 
 
