@@ -1,4 +1,4 @@
-"""XLA:CPU convolutions of EfficientNet-Lite0 (224 px): lax vs the forms `models/layers.py` uses.
+"""XLA:CPU convs and pools: lax / nnx vs the forms `models/layers.py` uses, per layer shape.
 
     python bench/cpu_convs.py [--batch 32] [--repeats 3] [--json PATH]
 
@@ -7,7 +7,11 @@ Per layer shape, forward and forward+gradient (both inputs) of:
 * 1x1 convs: `lax.conv_general_dilated` vs `layers.cpu_friendly_conv` (a matmul);
 * depthwise convs: lax's grouped conv vs the shifted multiply-adds with autodiff's gradient
   (`_depthwise_forward` differentiated as is) vs with the written-out gradient
-  (`depthwise_conv_shifted`, what the models run).
+  (`depthwise_conv_shifted`, what the models run);
+* 2x2 max-pools (the seed CNN's at 224 px and VGG-16's): `nnx.max_pool` vs
+  `layers.max_pool_2x2` (reshape + max).
+
+Convs are EfficientNet-Lite0's at 224 px.
 
 The variants of a shape are timed in turn, repeat by repeat, so they share the machine's load;
 medians in ms, summed over the network (a shape counted once per layer that has it). Run
@@ -39,6 +43,10 @@ DEPTHWISE = [(112, 32, 3, 1, 1), (112, 96, 3, 2, 1), (56, 144, 3, 1, 1), (56, 14
              (28, 240, 5, 1, 1), (28, 240, 3, 2, 1), (14, 480, 3, 1, 2), (14, 480, 5, 1, 1),
              (14, 672, 5, 1, 2), (14, 672, 5, 2, 1), (7, 1152, 5, 1, 3), (7, 1152, 3, 1, 1)]
 
+# (map size, channels, layers) of the seed CNN's (224 px) and VGG-16's 2x2 max-pools
+MAXPOOL = [(222, 32, 1), (109, 64, 1), (52, 128, 1),
+           (224, 64, 1), (112, 128, 1), (56, 256, 1), (28, 512, 1), (14, 512, 1)]
+
 
 def same_padding(size: int, k: int, s: int) -> tuple[int, int]:
     total = max((-(-size // s) - 1) * s + k - size, 0)
@@ -52,6 +60,14 @@ def variants(kind: str, shape):
     from deepfake_jax.models import layers
 
     dn = ("NHWC", "HWIO", "NHWC")
+    if kind == "maxpool":
+        from flax import nnx
+
+        size, c, _ = shape
+        return {
+            "nnx": lambda x, w: nnx.max_pool(x * w, (2, 2), strides=(2, 2), padding="VALID"),
+            "reshape_max": lambda x, w: layers.max_pool_2x2(x * w),
+        }, (size, size, c), (c,)
     if kind == "1x1":
         size, cin, cout, _ = shape
         pads = ((0, 0), (0, 0))
@@ -103,8 +119,8 @@ def main(argv=None) -> dict:
                                                        "deepfake_jax_bench_cpu_convs.json"))
     args = parser.parse_args(argv)
     load_before = os.getloadavg()[0]
-    totals: dict[str, dict[str, float]] = {"1x1": {}, "depthwise": {}}
-    for kind, shapes in (("1x1", POINTWISE), ("depthwise", DEPTHWISE)):
+    totals: dict[str, dict[str, float]] = {"1x1": {}, "depthwise": {}, "maxpool": {}}
+    for kind, shapes in (("1x1", POINTWISE), ("depthwise", DEPTHWISE), ("maxpool", MAXPOOL)):
         for shape in shapes:
             medians = bench_shape(kind, shape, args.batch, args.repeats)
             print(f"{kind} {shape[:-1]} x{shape[-1]}: "
@@ -112,16 +128,18 @@ def main(argv=None) -> dict:
             for name, ms in medians.items():
                 totals[kind][name] = totals[kind].get(name, 0.0) + ms * shape[-1]
     load_after = os.getloadavg()[0]
-    print(f"\nEfficientNet-Lite0's convs at 224 px, batch {args.batch}, medians of "
+    print(f"\nEfficientNet-Lite0's convs and the seed CNN's + VGG-16's pools at 224 px, batch "
+          f"{args.batch}, medians of "
           f"{args.repeats}, summed over its layers (ms); load average {load_before:.1f} -> "
           f"{load_after:.1f} on {os.cpu_count()} CPUs\n")
-    print("| convs | variant | forward ms | forward+grad ms | grad vs lax |")
+    print("| op | variant | forward ms | forward+grad ms | grad vs lax/nnx |")
     print("|---|---|---:|---:|---:|")
     for kind, total in totals.items():
+        base = total.get("lax grad", total.get("nnx grad"))
         for name in dict.fromkeys(n.rsplit(" ", 1)[0] for n in total):
             print(f"| {kind} | {name} | {total[f'{name} fwd']:.0f} | "
                   f"{total[f'{name} grad']:.0f} | "
-                  f"{total['lax grad'] / total[f'{name} grad']:.2f}x |")
+                  f"{base / total[f'{name} grad']:.2f}x |")
     result = dict(batch=args.batch, repeats=args.repeats, load=(load_before, load_after),
                   totals_ms=totals)
     with open(args.json, "w") as f:

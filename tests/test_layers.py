@@ -82,3 +82,16 @@ def test_depthwise_matches_lax_values_and_gradients(size, k, stride, pads):
     g_ref = jax.grad(lambda x, w: jnp.sum(jnp.sin(ref(x, w))), argnums=(0, 1))(x, w)
     for a, b in zip(g_ours, g_ref, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 6, 3), (1, 9, 7, 2)])  # even, and odd edges dropped
+def test_max_pool_2x2_matches_nnx_values_and_gradients(shape):
+    from deepfake_jax.models.layers import max_pool_2x2
+
+    x = jax.random.normal(jax.random.key(3), shape)
+    ref = lambda x: nnx.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+    np.testing.assert_array_equal(max_pool_2x2(x), ref(x))
+    # After a ReLU (as in the models): ties at zero get zero gradient either way.
+    loss = lambda pool: lambda x: jnp.sum(jnp.sin(pool(jax.nn.relu(x))))
+    np.testing.assert_allclose(jax.grad(loss(max_pool_2x2))(x), jax.grad(loss(ref))(x),
+                               atol=1e-6)

@@ -132,7 +132,7 @@ class SmallCNN(ParamGroups, nnx.Module):
             )
         x = layers.input_transform(self.input_transform)(jnp.asarray(x, self.dtype))
         for conv in (self.conv1, self.conv2, self.conv3):
-            x = nnx.max_pool(jax.nn.relu(conv(x)), (2, 2), strides=(2, 2), padding="VALID")
+            x = layers.max_pool_2x2(jax.nn.relu(conv(x)))
         return x
 
     def pool_feature_map(self, fmap: jax.Array) -> jax.Array:

@@ -131,6 +131,19 @@ def _depthwise_bwd(strides, padding, residuals, g):
 _depthwise.defvjp(_depthwise_fwd, _depthwise_bwd)
 
 
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+    """2x2 max-pool, stride 2, VALID (odd edges dropped), NHWC: `nnx.max_pool(x, (2, 2),
+    strides=(2, 2), padding="VALID")` as a reshape + max on CPU. XLA:CPU's gradient of the
+    windowed max (select-and-scatter) is slower than the reduction's (bench/cpu_convs.py).
+    Values are equal; at exact ties the gradient is shared among the tied inputs instead of
+    going to the first (both are valid subgradients; ties at a ReLU's zeros get none)."""
+    if jax.default_backend() != "cpu":
+        return nnx.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+    b, h, w, c = x.shape
+    x = x[:, : h // 2 * 2, : w // 2 * 2, :].reshape(b, h // 2, 2, w // 2, 2, c)
+    return jnp.max(x, axis=(2, 4))
+
+
 def neighbouring_pixel_residual(x: jax.Array) -> jax.Array:
     """x minus its 2x nearest down-then-up-sampled copy ("NPR", Tan et al., CVPR 2024).
 

@@ -151,7 +151,7 @@ class VGG(ParamGroups, nnx.Module):
                 if self.batch_norm:
                     x = getattr(self, f"block{b}_bn{i}")(x, use_running_average=not train)
                 x = jax.nn.relu(x)
-            x = nnx.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+            x = layers.max_pool_2x2(x)
         return x
 
     def pool_feature_map(self, fmap: jax.Array) -> jax.Array:
