@@ -38,8 +38,8 @@ def shrink_to_tiny(config: ml_collections.ConfigDict, model: dict[str, Any], *,
     config.data.dir = None  # -> the synthetic faces below, generated into <workdir>/data
     config.data.synthetic.update(train=24, valid=8, test=8, image_size=TINY_IMAGE_SIZE,
                                  difficulty=0.0, workers=1)
-    config.input.update(crop_size=TINY_IMAGE_SIZE, resize_to=None, batch_size=16,
-                        eval_batch_size=16, num_workers=0)
+    config.input.update(crop_size=TINY_IMAGE_SIZE, eval_crop_size=None, resize_to=None,
+                        batch_size=16, eval_batch_size=16, num_workers=0)
     config.model = ml_collections.ConfigDict(dict(model, dtype="float32"))
     config.num_train_steps = steps
     config.optimizer.warmup_steps = min(int(config.optimizer.warmup_steps), 1)

@@ -40,6 +40,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.input = ml_collections.ConfigDict()
     config.input.crop_size = 32  # random crops in training, center crop at eval (no resizing)
     config.input.resize_to = config_dict.placeholder(int)  # short side resize before cropping
+    # Eval view's center crop (evaluate, predict, app, export); unset: crop_size. Larger than
+    # the training crop lets a convolutional net see more of each test image.
+    config.input.eval_crop_size = config_dict.placeholder(int)
     config.input.flip_prob = 0.5
     config.input.batch_size = 64  # global, over all devices and processes
     config.input.eval_batch_size = 128
@@ -94,7 +97,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.halt_after_steps = config_dict.placeholder(int)  # stop (checkpointed) after N steps
     config.checkpoint = ml_collections.ConfigDict(dict(keep_best=2, every_steps=200,
                                                        async_save=True))
-    config.eval = ml_collections.ConfigDict(dict(use_ema=True, threshold_method="eer"))
+    # flip_tta: score = mean p_fake of the image and its mirror (evaluate, predict, app, export)
+    config.eval = ml_collections.ConfigDict(dict(use_ema=True, threshold_method="eer",
+                                                 flip_tta=False))
     config.mesh = ml_collections.ConfigDict(dict(data=-1))  # -1: every device
     # python -m deepfake_jax.search: what to tune, judged on the validation split (never test).
     config.search = ml_collections.ConfigDict(dict(

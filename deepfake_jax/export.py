@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from deepfake_jax import console, evaluate, predict, serving, sharding, train
+from deepfake_jax import console, evaluate, input_pipeline, predict, serving, sharding, train
 
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")  # what jax.export lowers for
 
@@ -50,20 +50,13 @@ def parse_platforms(value: str | list[str] | None) -> list[str] | None:
     return list(dict.fromkeys(names))
 
 
-def _p_fake(logits: jax.Array) -> jax.Array:
-    """p_fake from logits, as the trainer's eval step computes it."""
-    logits = logits.astype(jnp.float32)
-    if logits.shape[-1] == 1:
-        return jax.nn.sigmoid(logits[..., 0])
-    return jax.nn.softmax(logits)[..., 1]
-
-
-def serving_function(graphdef, params, batch_stats, mean, std):
-    """uint8 NHWC -> p_fake, with the weights closed over (exported as constants)."""
+def serving_function(graphdef, params, batch_stats, mean, std, flip_tta: bool = False):
+    """uint8 NHWC -> p_fake as the trainer's eval step computes it, with the weights closed
+    over (exported as constants)."""
 
     def serve(images):
         model = nnx.merge(graphdef, params, batch_stats)
-        return _p_fake(model(train.normalize(images, mean, std), train=False))
+        return train.p_fake_of_images(model, images, mean, std, flip_tta)
 
     return serve
 
@@ -82,11 +75,12 @@ def export_run(workdir: str, output: str, *, checkpoint: str = "latest",
                                                                      state.batch_stats))
     mean = tuple(float(v) for v in config.input.get("mean", train.IMAGENET_MEAN))
     std = tuple(float(v) for v in config.input.get("std", train.IMAGENET_STD))
-    size = int(config.input.crop_size)
+    size = input_pipeline.eval_crop_size(config.input)
+    flip_tta = bool(config.eval.get("flip_tta", False))
 
     batch, = jax.export.symbolic_shape("batch")
     spec = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.uint8)
-    serve = jax.jit(serving_function(graphdef, params, batch_stats, mean, std))
+    serve = jax.jit(serving_function(graphdef, params, batch_stats, mean, std, flip_tta))
     exported = jax.export.export(serve, platforms=platforms)(spec)
     blob = exported.serialize()
 
@@ -102,6 +96,7 @@ def export_run(workdir: str, output: str, *, checkpoint: str = "latest",
         "mean": list(mean),
         "std": list(std),
         "normalisation": "(image / 255 - mean) / std, applied inside the artifact",
+        "flip_tta": flip_tta,
         "threshold": threshold,
         "threshold_source": source,
         "model_name": config.model_name,

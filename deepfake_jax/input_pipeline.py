@@ -33,6 +33,7 @@ from deepfake_jax.tfds_source import TfdsSplit
 class Preprocess:
     crop_size: int
     resize_to: int | None = None
+    eval_crop_size: int | None = None  # the eval view's center crop; None: crop_size
     flip_prob: float = 0.5
     # Eval only: (kind, level) applied to the full decoded image before the eval view, as a
     # degradation of the file itself would be (see augment.corrupt).
@@ -47,10 +48,21 @@ class Preprocess:
         return cls(
             crop_size=int(input_config.crop_size),
             resize_to=input_config.get("resize_to") or None,
+            eval_crop_size=input_config.get("eval_crop_size") or None,
             flip_prob=float(input_config.get("flip_prob", 0.5)),
             augment=(augment.AugmentSchedule.from_config(augment_config)
                      if augment_config is not None else None),
         )
+
+    @property
+    def eval_size(self) -> int:
+        return int(self.eval_crop_size or self.crop_size)
+
+
+def eval_crop_size(input_config: Any) -> int:
+    """Side of the eval view (evaluate, predict, the app, export): `config.input.eval_crop_size`,
+    or the training crop when unset."""
+    return int(input_config.get("eval_crop_size") or input_config.crop_size)
 
 
 def _decode(raw: bytes | dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
@@ -95,7 +107,7 @@ class _EvalTransform(grain.transforms.Map):
             kind, level = self.preprocess.corruption
             rng = np.random.default_rng([index, 0xC0FFEE])  # the same noise on every run
             image = augment.corrupt(image, kind, level, rng)
-        image = augment.eval_view(image, self.preprocess.crop_size, self.preprocess.resize_to)
+        image = augment.eval_view(image, self.preprocess.eval_size, self.preprocess.resize_to)
         return {"image": image, "label": np.int32(record["label"]), "index": np.int32(index),
                 "mask": np.float32(1.0)}
 
@@ -187,7 +199,7 @@ def eval_batches(
     ds = ds[process_index::process_count].map(_EvalTransform(preprocess))
     num_batches = math.ceil(math.ceil(total / process_count) / local_bs)
     examples = iter(ds)
-    crop = preprocess.crop_size
+    crop = preprocess.eval_size
     for _ in range(num_batches):
         chunk = [ex for _, ex in zip(range(local_bs), examples, strict=False)]
         pad = local_bs - len(chunk)

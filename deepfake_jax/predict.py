@@ -49,7 +49,17 @@ import numpy as np
 import tqdm
 from absl import app, flags, logging
 
-from deepfake_jax import augment, console, evaluate, explain, faces, landmarks, sharding, train
+from deepfake_jax import (
+    augment,
+    console,
+    evaluate,
+    explain,
+    faces,
+    input_pipeline,
+    landmarks,
+    sharding,
+    train,
+)
 from deepfake_jax.image_io import check_view_size, decode_image_rgb, list_images, read_image_file
 
 # --workdir, --checkpoint and --use_ema are evaluate's flags (registered when it is imported).
@@ -209,7 +219,7 @@ def predict_paths(workdir: str, paths: list[str], *, checkpoint: str = "latest",
     workdir = os.path.abspath(workdir)
     config = evaluate.load_run_config(workdir, checkpoint)
     use_ema = bool(config.eval.use_ema) if use_ema is None else bool(use_ema)
-    crop_size = int(config.input.crop_size)
+    crop_size = input_pipeline.eval_crop_size(config.input)
     resize_to = config.input.get("resize_to") or None
     threshold, source = find_threshold(workdir)
     files = list_images(list(paths), recursive, not_listed)

@@ -402,15 +402,20 @@ def loss_and_scores(logits: jax.Array, labels: jax.Array, targets: jax.Array | N
     `targets` (from `soft_targets`, maybe mixed) replaces the hard `labels` in the loss.
     """
     if logits.shape[-1] == 1:
-        logits = logits[..., 0]
         y = labels.astype(jnp.float32) if targets is None else targets
-        loss = optax.sigmoid_binary_cross_entropy(logits, y)
-        return loss, jax.nn.sigmoid(logits)
-    if targets is None:
+        loss = optax.sigmoid_binary_cross_entropy(logits[..., 0], y)
+    elif targets is None:
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     else:
         loss = optax.softmax_cross_entropy(logits, targets)
-    return loss, jax.nn.softmax(logits)[..., 1]
+    return loss, p_fake_from_logits(logits)
+
+
+def p_fake_from_logits(logits: jax.Array) -> jax.Array:
+    """One logit -> sigmoid; several -> softmax probability of class 1 (fake)."""
+    if logits.shape[-1] == 1:
+        return jax.nn.sigmoid(logits[..., 0])
+    return jax.nn.softmax(logits)[..., 1]
 
 
 def soft_targets(labels: jax.Array, num_outputs: int, label_smoothing: float) -> jax.Array:
@@ -514,13 +519,22 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], lr_scale: jax.Arr
 
 
 def eval_step(state: TrainState, batch: dict[str, jax.Array], *, graphdef, use_ema: bool,
-              mean, std) -> jax.Array:
+              mean, std, flip_tta: bool = False) -> jax.Array:
     params, batch_stats = ((state.ema_params, state.ema_batch_stats) if use_ema
                            else (state.params, state.batch_stats))
     model = nnx.merge(graphdef, params, batch_stats)
-    logits = model(normalize(batch["image"], mean, std), train=False)
-    _, scores = loss_and_scores(logits.astype(jnp.float32), batch["label"])
-    return scores
+    return p_fake_of_images(model, batch["image"], mean, std, flip_tta)
+
+
+def p_fake_of_images(model, images: jax.Array, mean, std, flip_tta: bool) -> jax.Array:
+    """uint8 NHWC -> p_fake (eval mode); with `flip_tta`, the mean over the image and its
+    mirror (`config.eval.flip_tta`)."""
+    def p_fake(x):
+        return p_fake_from_logits(model(normalize(x, mean, std), train=False).astype(jnp.float32))
+
+    if not flip_tta:
+        return p_fake(images)
+    return (p_fake(images) + p_fake(images[:, :, ::-1, :])) / 2
 
 
 def make_eval_steps(config, mesh, graphdef, state_shardings) -> dict[bool, Any]:
@@ -530,7 +544,8 @@ def make_eval_steps(config, mesh, graphdef, state_shardings) -> dict[bool, Any]:
     batch_sh = sharding.batch_sharding(mesh)
     return {
         use_ema: jax.jit(
-            functools.partial(eval_step, graphdef=graphdef, use_ema=use_ema, mean=mean, std=std),
+            functools.partial(eval_step, graphdef=graphdef, use_ema=use_ema, mean=mean, std=std,
+                              flip_tta=bool(config.eval.get("flip_tta", False))),
             in_shardings=(state_shardings, batch_sh), out_shardings=batch_sh,
         )
         for use_ema in (False, True)

@@ -89,3 +89,18 @@ def test_worker_processes_give_the_same_batches(tiny_dataset):
         a, b = next(inline), next(workers)
         np.testing.assert_array_equal(a["image"], b["image"])
         np.testing.assert_array_equal(a["label"], b["label"])
+
+
+def test_eval_crop_size_sets_the_eval_view_and_leaves_training_crops_alone(tiny_dataset):
+    import ml_collections
+
+    cfg = ml_collections.ConfigDict(dict(crop_size=28, eval_crop_size=32))
+    pre = input_pipeline.Preprocess.from_config(cfg)
+    assert (pre.crop_size, pre.eval_size, input_pipeline.eval_crop_size(cfg)) == (28, 32, 32)
+    batch = next(input_pipeline.eval_batches(records.split_files(tiny_dataset, "valid"), pre, 4))
+    assert batch["image"].shape == (4, 32, 32, 3)  # the whole 32-px image, not a 28-px crop
+    train = input_pipeline.train_iterator(records.split_files(tiny_dataset, "train"), pre, 4,
+                                          seed=0)
+    assert next(train)["image"].shape == (4, 28, 28, 3)
+    cfg.eval_crop_size = None
+    assert input_pipeline.eval_crop_size(cfg) == 28

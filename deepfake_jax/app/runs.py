@@ -22,7 +22,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from deepfake_jax import evaluate, predict, train
+from deepfake_jax import evaluate, input_pipeline, predict, train
 
 # Plots written by `metrics.save_plots` / `evaluators.robustness_sweep`, in display order.
 PLOT_ORDER = ("roc.png", "pr.png", "confusion_matrix.png", "score_histogram.png",
@@ -89,8 +89,10 @@ def config_summary(config) -> list[tuple[str, str]]:
     data_dir = config.data.get("dir") or "synthetic (generated into the workdir)"
     rows = [
         ("model", f"{config.model_name} " + ", ".join(f"{k}={v}" for k, v in model.items())),
-        ("input", f"crop {config.input.crop_size} px, resize_to "
-                  f"{config.input.get('resize_to') or 'none'}"),
+        ("input", f"crop {config.input.crop_size} px (eval "
+                  f"{input_pipeline.eval_crop_size(config.input)} px), resize_to "
+                  f"{config.input.get('resize_to') or 'none'}"
+                  + (", mirror TTA" if config.eval.get("flip_tta") else "")),
         ("data", str(data_dir)),
         ("training", (f"{config.num_train_steps} steps" if config.get("num_train_steps")
                       else f"{config.get('num_epochs')} epochs") +
@@ -116,7 +118,7 @@ class LoadedRun:
         self.workdir = os.path.abspath(workdir)
         self.config = evaluate.load_run_config(self.workdir, checkpoint)
         self.use_ema = bool(self.config.eval.use_ema) if use_ema is None else bool(use_ema)
-        self.crop_size = int(self.config.input.crop_size)
+        self.crop_size = input_pipeline.eval_crop_size(self.config.input)
         self.resize_to = self.config.input.get("resize_to") or None
         self.threshold, self.threshold_source = predict.find_threshold(self.workdir)
         self.checkpoint = checkpoint
