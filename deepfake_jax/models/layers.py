@@ -26,7 +26,7 @@ def cpu_friendly_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_
 
     Same result (up to float rounding). On CPU, for NHWC: 1x1 convolutions as (strided slice +)
     matmul, whose gradients are two more matmuls (XLA:CPU runs a 1x1 conv's kernel gradient as
-    a conv with a whole-image window: 3.3x slower over EfficientNet-Lite0's 1x1 shapes,
+    a conv with a whole-image window: 1.9x slower over EfficientNet-Lite0's 1x1 shapes,
     bench/cpu_convs.py); im2col + matmul for small outputs, where XLA's own convolution is
     ~100x slower; depthwise convolutions as shifted multiply-adds (`depthwise_conv_shifted`).
     Everything else goes to lax unchanged.
@@ -110,7 +110,7 @@ def _depthwise_fwd(x, w, strides, padding):
 def _depthwise_bwd(strides, padding, residuals, g):
     """dx as one more shifted pass (the stride-dilated g correlated with the flipped kernel),
     dw as one reduction per tap. Autodiff of the forward gives a padded copy of g per tap
-    instead: 2-3x slower for 3x3 kernels (bench/cpu_convs.py)."""
+    instead: 1.9x slower over EfficientNet-Lite0's layers (bench/cpu_convs.py)."""
     x, w = residuals
     kh, kw = w.shape[0], w.shape[1]
     (sh, sw), ((pt, pb), (pl, pr)) = strides, padding
