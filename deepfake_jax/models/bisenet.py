@@ -1,85 +1,14 @@
 """BiSeNet face parsing (zllrunning/face-parsing.PyTorch) in ``flax.nnx``.
 
-Reference: zllrunning/face-parsing.PyTorch, ``model.py`` + ``resnet.py`` -- the architecture its
-published checkpoint ``79999_iter.pth`` (19 CelebAMask-HQ classes) was saved from. That code
-deletes BiSeNet's separate spatial path: the "spatial" input of the feature fusion is the
-ResNet's 1/8 feature map (``layer2`` output). Forward (channels for ``"resnet18"``)::
+Reference: face-parsing.PyTorch ``model.py`` + ``resnet.py``, the architecture of its
+``79999_iter.pth`` (19 CelebAMask-HQ classes); no separate spatial path (the fusion reads the
+ResNet-18's 1/8 map). The nnx tree mirrors the torch modules, so parameter names follow its state
+dict (importer: ``deepfake_jax.weights.bisenet``). Resampling as torch: nearest by torch's index
+rule, bilinear with ``align_corners=True``. Ours: ``upsample="conv_grid"``, ``detail_stride`` 4/2.
+Input NHWC, normalised, H and W divisible by 32; ``model(x)`` -> logits (N, H, W, C),
+``train=True`` -> ``(out, aux16, aux32)``. Freezing: backbone = ``cp.resnet``, the rest is head.
 
-    feat8, feat16, feat32 = ResNet-18(x)                     # 128 @1/8, 256 @1/16, 512 @1/32
-    avg    = conv_avg(global_mean(feat32))                   # ConvBNReLU 1x1 512->128, 1x1 map
-    s32    = arm32(feat32) + avg                             # broadcast == nearest up to 1/32
-    cp16   = conv_head32(nearest_up(s32, 1/16))              # ConvBNReLU 3x3 128->128
-    s16    = arm16(feat16) + cp16
-    cp8    = conv_head16(nearest_up(s16, 1/8))
-    fuse   = ffm(feat8, cp8)                                 # concat 256 -> 256
-    out    = bilinear_up(conv_out(fuse))                     # align_corners=True, input size
-    aux16  = bilinear_up(conv_out16(cp8))                    # aux head on the 1/8 map
-    aux32  = bilinear_up(conv_out32(cp16))                   # aux head on the 1/16 map
-
-(``aux16`` / ``aux32`` follow the reference's names ``feat_out16`` / ``feat_out32``.) Modules:
-ConvBNReLU = conv (no bias) + BN + ReLU; AttentionRefinementModule (``arm16``/``arm32``) =
-ConvBNReLU 3x3, then ``sigmoid(bn_atten(conv_atten(mean_hw)))`` multiplies the features;
-FeatureFusionModule (``ffm``) = ConvBNReLU 1x1 on the channel concat [feat8, cp8], attention
-``sigmoid(conv2(relu(conv1(mean_hw))))`` (1x1 convs, no bias, no BN), out = feat * att + feat;
-BiSeNetOutput (``conv_out*``) = ConvBNReLU 3x3 + 1x1 conv (no bias) to the classes.
-The ResNet-18 is torchvision's without the ``fc`` (same blocks as ``models.resnet``).
-
-Resampling exactly as torch: nearest upsampling uses torch's index rule
-(``src = floor(dst * float32(in / out))``, ``dst >> 1`` at exactly 2x), and the bilinear
-resizes with ``align_corners=True`` (``jax.image.resize`` has none) are two-tap gathers per
-spatial axis with a gather-based gradient, or the interpolation matrix for large factors
-(``_linear_resampler``). BatchNorm: epsilon 1e-5, flax momentum 0.9 == torch
-momentum 0.1 (torch updates ``running_var`` with the unbiased batch variance, flax with the
-biased one; eval outputs are identical).
-
-Variants: ``"resnet18"`` (the reference: 13,300,416 parameters at 19 classes, ``nnx.Param`` only,
-verified against a PyTorch transcription of the reference in ``tests/test_bisenet.py``) and
-``"half"`` / ``"quarter"`` / ``"tiny"`` (same topology and key names, ResNet width 32 / 16 / 8
-and 64 / 32 / 16 context channels: CPU budgets; ``"tiny"`` is for tests).
-
-``upsample`` (ours; ``"align_corners"`` = the reference): ``"conv_grid"`` makes every
-up-sampling (the detail steps, the outputs, and the context path's x2 steps, nearest in the
-reference) linear and puts feature i of a stride-s map back on pixel ``s * i``, where the
-convs centred it (``conv_grid_matrix``). ``align_corners=True`` drifts from that grid by up to
-s - 1 pixels across the map, a shift that depends on the position and that the network cannot
-learn away; at 1-3-pixel parts it caps mean IoU (perfect stride-2 features score 0.84 on
-generated faces through it, 0.97 on the grid). Both import the reference checkpoint; only
-``"align_corners"`` reproduces its outputs.
-
-``detail_stride`` (ours; 8 = the reference): 4 or 2 add a small decoder after the fusion --
-``detail4 = ConvBNReLU3x3(concat[bilinear_up(fuse), layer1 output])`` at 1/4 (context
-channels), then for 2 ``detail2`` the same with the stem's output at 1/2 (half the context
-channels) -- and ``conv_out`` reads the finest map. The reference predicts at 1/8, where the
-face's thin parts (brows, lips, glasses frames: 1-3 pixels at 128 px) fall inside one cell of
-the prediction grid; the auxiliary heads stay on the 1/8 and 1/16 maps. The reference
-checkpoint imports only into ``detail_stride=8`` (``conv_out`` reads other channels).
-
-Input: NHWC, already normalised (the reference uses ImageNet mean/std on RGB in [0, 1]), H and
-W divisible by 32. ``model(x)`` returns the main logits (N, H, W, C); ``model(x, train=True)``
-returns ``(out, aux16, aux32)``, all (N, H, W, C); ``model.all_heads(x)`` gives the tuple in
-either mode (eval-mode parity checks).
-
-Checkpoint ``state_dict`` key -> nnx state path: the nnx tree mirrors the torch modules, so a
-key maps by renaming its leaf -- ``weight`` -> ``kernel`` for convs (OIHW -> HWIO: transpose
-2,3,1,0), BN ``weight/bias/running_mean/running_var`` -> ``scale/bias/mean/var``,
-``num_batches_tracked`` dropped -- with the ResNet blocks named as in ``models.resnet``::
-
-    cp.resnet.conv1.weight / cp.resnet.bn1.*     -> cp.resnet.conv1.kernel / cp.resnet.bn1.*
-    cp.resnet.layerL.i.{conv1,bn1,conv2,bn2}.*   -> cp.resnet.layerL.i.{conv1,bn1,conv2,bn2}.*
-    cp.resnet.layerL.i.downsample.{0,1}.*        -> cp.resnet.layerL.i.downsample_{conv,bn}.*
-    cp.arm{16,32}.conv.{conv,bn}.*               -> cp.arm{16,32}.conv.{conv,bn}.*
-    cp.arm{16,32}.{conv_atten,bn_atten}.*        -> cp.arm{16,32}.{conv_atten,bn_atten}.*
-    cp.{conv_head32,conv_head16,conv_avg}.{conv,bn}.*  -> same path
-    ffm.convblk.{conv,bn}.* / ffm.{conv1,conv2}.weight -> same path
-    conv_out{,16,32}.conv.{conv,bn}.*            -> same path
-    conv_out{,16,32}.conv_out.weight             -> conv_out{,16,32}.conv_out.kernel (classes)
-
-(The importer is ``deepfake_jax.weights.bisenet.load_face_parsing_bisenet``.)
-
-Freezing groups: the backbone is the ResNet-18 inside the context path (``cp.resnet``);
-everything else (context-path refinement, fusion, the three output heads) is the head.
-``HEAD_MODULES`` names the top-level modules that are wholly head; ``head_filter()`` /
-``backbone_filter()`` split ``cp`` at ``cp.resnet`` and together cover every variable.
+Details: docs/models.md#deepfake_jaxmodelsbisenetpy
 """
 
 from __future__ import annotations

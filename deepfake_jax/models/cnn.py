@@ -1,39 +1,14 @@
 """The seed projects' small Keras CNN in ``flax.nnx``.
 
-Reference: the baseline ``keras.Sequential`` of the seed notebooks::
+Reference: the seed notebooks' baseline ``keras.Sequential``: 3 x (Conv2D 3x3 + ReLU +
+MaxPooling2D(2)), Flatten, Dense + ReLU, Dropout(0.5), Dense; Keras defaults ('valid' padding,
+biases, glorot-uniform). The last Dense returns logits. Parameter names ``conv1``..``conv3``,
+``dense1``, ``dense2`` (Keras layouts, NHWC flatten order: Keras kernels load as is). The
+parameter count depends on ``image_size`` (a constructor argument; other sizes are rejected).
+Variants ``"seed"`` (32/64/128, Dense 128) and ``"tiny"`` (tests only). Freezing:
+``HEAD_MODULES = ("dense1", "dense2")`` is the head, the convs the backbone.
 
-    Conv2D(32, 3, activation="relu")  + MaxPooling2D(2)
-    Conv2D(64, 3, activation="relu")  + MaxPooling2D(2)
-    Conv2D(128, 3, activation="relu") + MaxPooling2D(2)
-    Flatten() + Dense(128, activation="relu") + Dropout(0.5) + Dense(1, activation="sigmoid")
-
-Keras defaults throughout: ``'valid'`` padding, convs and dense layers *with* bias
-(no BatchNorm anywhere), ``glorot_uniform`` kernels and zero biases, floor-mode 2x2/2 max
-pooling. The last Dense returns logits here (the sigmoid lives in the loss).
-
-Variants: ``"seed"`` (filters 32/64/128, Dense 128) and ``"tiny"`` (filters 4/8/16, Dense 16;
-for tests only).
-
-Because of the Flatten, the parameter count depends on the input size, which is therefore a
-constructor argument (``image_size``, default 128 -- the seed's exact size is not recorded
-here; 128 is an assumption). Inputs of any other size are rejected. With filters
-``f1, f2, f3``, dense width ``d``, ``num_classes`` ``k`` and an ``H x W`` input::
-
-    s(n) = (n - 2) // 2                   # valid 3x3 conv, then floor 2x2/2 max-pool
-    h3, w3 = s(s(s(H))), s(s(s(W)))
-    params = (27 f1 + f1) + (9 f1 f2 + f2) + (9 f2 f3 + f3)
-             + (h3 w3 f3 d + d) + (d k + k)
-
-"seed" at 128 px: 14 x 14 x 128 = 25,088 flat features; 896 + 18,496 + 73,856 + 3,211,392
-+ 129 = 3,304,769 parameters (num_classes=1; equal to Keras' ``model.summary()``).
-
-Parameter names (Keras auto-names in brackets): ``conv1`` (``conv2d``), ``conv2``
-(``conv2d_1``), ``conv3`` (``conv2d_2``), ``dense1`` (``dense``), ``dense2`` (``dense_1``);
-each with ``kernel`` (Keras layout: HWIO / (in, out), identical) and ``bias``. The flatten
-order is NHWC, i.e. Keras' channels-last order, so Keras kernels load without permutation.
-
-Freezing groups: ``SmallCNN.HEAD_MODULES`` (``("dense1", "dense2")``: the fully connected
-classifier) are the head, the convs the backbone; see ``head_filter`` / ``backbone_filter``.
+Details: docs/models.md#deepfake_jaxmodelscnnpy
 """
 
 from __future__ import annotations

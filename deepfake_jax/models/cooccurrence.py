@@ -1,37 +1,14 @@
 """Residual co-occurrence features (SPAM) with a trained linear or MLP head, in ``flax.nnx``.
 
-A detector for small datasets. Generators leave their traces in how neighbouring pixels
-relate, not in what the face shows; with a few hundred training images a CNN from scratch
-mostly learns the faces. So the features here are fixed and the head is all that trains:
+A detector for small datasets: the features are fixed, only the head trains. Residuals of
+adjacent pixels of R, G, B, G-R and G-B, truncated to [-T, T]; second-order SPAM co-occurrence
+histograms; sqrt, then ``RunningStandardize`` (cumulative training-set statistics, not a
+BatchNorm's per-batch ones); then a Linear head, or an MLP with ``hidden > 0``. Inputs in grey
+levels (``config.input.mean = (0, 0, 0)``, ``config.input.std = (1/255,) * 3``), uncropped.
+Variants ``"spam3"`` (1,715 features), ``"spam2"`` (625), ``"tiny"`` (135). Freezing:
+``head`` / ``dense1`` / ``dense2`` are the head; the standardisation is the backbone.
 
-1. Residuals, in grey levels: for each colour channel, the difference of horizontally
-   adjacent pixels and of vertically adjacent pixels; the same for the two colour-difference
-   planes G-R and G-B (correlations between channels are what a generator's last RGB
-   projection and a camera's demosaicing shape differently).
-2. Each residual is rounded and truncated to [-T, T] and the normalised histogram of three
-   consecutive values along its direction is taken: (2T+1)^3 bins per plane, horizontal and
-   vertical histograms summed. This is the second-order SPAM model of steganalysis (Pevny,
-   Bas and Fridrich 2010); co-occurrences of this kind detect GAN images (Nataraj et al. 2019).
-3. sqrt of the histograms (Hellinger map), standardised by `RunningStandardize`: the
-   cumulative mean and variance of every feature over all training batches seen, i.e. the
-   training set's statistics, like scikit-learn's StandardScaler. (A BatchNorm's per-batch
-   statistics of 1,715 features over 32 images are noise: the same head reached ROC AUC
-   0.72 with them and 0.80 with these, in a simulation on the 5 folds below.) Then the
-   head: a Linear layer (logistic regression when trained with weight decay) or, with
-   ``hidden > 0``, Linear -> ReLU -> Dropout -> Linear.
-
-Inputs must be in grey levels (0..255): set ``config.input.mean = (0, 0, 0)`` and
-``config.input.std = (1/255,) * 3`` (the recipe in ``configs/small_data_faces.py`` does). The
-features see the whole image: train and evaluate on uncropped images (crop = image size).
-
-Variants: ``"spam3"`` (T = 3, 5 planes x 343 bins = 1,715 features), ``"spam2"`` (T = 2, 625)
-and ``"tiny"`` (T = 1, 135; for tests). Freezing groups: ``head`` / ``dense1`` / ``dense2`` are the
-head; the standardisation (no parameters) is the backbone.
-
-Measured on the 600-image 140k sample (5-fold CV; README "Small real data"): the recipe
-`configs/small_data_faces.py` (the recipe) reaches ROC AUC 0.806 +- 0.040 (scikit-learn's logistic
-regression on the same features: 0.799), against 0.668 for the radial spectrum baseline and
-0.544 for the seeds' small CNN.
+Details: docs/models.md#deepfake_jaxmodelscooccurrencepy
 """
 
 from __future__ import annotations

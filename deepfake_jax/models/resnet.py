@@ -1,45 +1,14 @@
 """ResNet family (torchvision architecture) in ``flax.nnx``.
 
-Variants: ``"18"``, ``"34"`` (BasicBlock), ``"50"``, ``"101"``, ``"152"`` (Bottleneck,
-torchvision "v1.5": the stride sits on the 3x3 conv) and ``"tiny"`` (BasicBlock, stages
-(1, 1, 1, 1), width 16; for tests only).
+torchvision-compatible ResNet (``"18"``, ``"34"``, ``"50"``, ``"101"``, ``"152"``: v1.5, stride
+on the 3x3 conv; ``"tiny"`` for tests); parameter names follow torchvision's state dict (``conv1``,
+``bn1``, ``layerL.i.convK``, ``downsample_conv`` / ``downsample_bn``, ``fc``). All paddings are
+explicit symmetric pairs identical to PyTorch's (never ``"SAME"``, which is asymmetric at stride
+2). Input NHWC, normalised. Options: ``stem="small"`` (one 3x3/1 conv, no pooling),
+``input_transform="npr"``. Freezing: ``HEAD_MODULES = ("fc",)`` is the head, every other
+top-level submodule the backbone.
 
-The architecture is exactly torchvision's: 7x7/2 conv (no bias, padding 3) + BN + ReLU +
-3x3/2 max-pool (padding 1, padded with -inf), four stages, global average pool, Linear head
-with bias. Every conv is bias-free (each one feeds a BatchNorm). All paddings are explicit
-symmetric pairs identical to PyTorch's (never ``"SAME"``, which is asymmetric at stride 2).
-BatchNorm: epsilon 1e-5, flax momentum 0.9 == torch momentum 0.1. One known difference: torch
-updates ``running_var`` with the *unbiased* batch variance, flax with the biased one (factor
-n/(n-1), n = B*H*W; negligible at ResNet feature-map sizes). Eval-mode outputs are identical.
-
-Input is NHWC (already normalised); all layouts are channels-last.
-
-``stem="small"`` replaces the ImageNet stem (7x7/2 conv + 3x3/2 max-pool: 4x downsampling
-before the first block) by one 3x3/1 conv and no pooling, as in the CIFAR ResNets of He et al.
-(2016, section 4.2). Small images keep their pixel-level detail -- the upsampling traces a
-fake detector looks for live at periods of 2-4 pixels -- at 16x the compute per pixel. The
-parameter names are unchanged; only ``conv1.kernel``'s shape differs (3x3 instead of 7x7).
-
-``input_transform="npr"`` feeds the network the neighbouring-pixel residual (see
-``layers.neighbouring_pixel_residual``) instead of the image: no parameters, same shapes.
-
-Torchvision ``state_dict`` key -> nnx state path (``L`` = 1..4, ``i`` = block index)::
-
-    conv1.weight                       -> conv1.kernel           (OIHW -> HWIO: transpose 2,3,1,0)
-    bn1.{weight,bias}                  -> bn1.{scale,bias}
-    bn1.{running_mean,running_var}     -> bn1.{mean,var}
-    bn1.num_batches_tracked            -> (dropped)
-    layerL.i.convK.weight              -> layerL.i.convK.kernel  (K = 1, 2[, 3]; OIHW -> HWIO)
-    layerL.i.bnK.{weight,bias}         -> layerL.i.bnK.{scale,bias}
-    layerL.i.bnK.{running_mean,running_var} -> layerL.i.bnK.{mean,var}
-    layerL.i.downsample.0.weight       -> layerL.i.downsample_conv.kernel (OIHW -> HWIO)
-    layerL.i.downsample.1.*            -> layerL.i.downsample_bn.*  (same BN renaming)
-    fc.weight                          -> fc.kernel              (transpose: (out,in) -> (in,out))
-    fc.bias                            -> fc.bias
-
-Freezing groups: ``ResNet.HEAD_MODULES`` (``("fc",)``) are the head, every other top-level
-submodule is the backbone; ``model.head_filter()`` / ``model.backbone_filter()`` return nnx
-filters (use e.g. ``nnx.All(nnx.Param, model.backbone_filter())``).
+Details: docs/models.md#deepfake_jaxmodelsresnetpy
 """
 
 from __future__ import annotations

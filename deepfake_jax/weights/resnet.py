@@ -1,59 +1,13 @@
 """torchvision / timm / Hugging Face ResNet checkpoints -> ``deepfake_jax.models.resnet.ResNet``.
 
-Both importers return ONE ``nnx.State`` holding the parameters (``nnx.Param``: conv kernels, BN
-scale/bias, fc) AND the BatchNorm running statistics (``nnx.BatchStat``: ``mean`` / ``var``) --
-eval-mode outputs depend on both. The model itself is not changed; apply with::
+``load_torchvision_resnet`` (torchvision / timm ``resnet18``..``152`` state dicts:
+``.safetensors``, ``.pth`` with PyTorch installed, or a mapping) and ``load_hf_resnet``
+(``ResNetForImageClassification`` folders) return ONE ``nnx.State`` with the parameters and the
+BatchNorm statistics; apply with ``nnx.update(model, state)``. A checkpoint head of another shape
+(or none) keeps the model's random head; every other missing or unexpected key and shape mismatch
+is one ``ValueError`` (``strict=False``: logged).
 
-    model = ResNet("50", num_classes=1, rngs=nnx.Rngs(0))
-    nnx.update(model, load_torchvision_resnet(model, "resnet50.safetensors"))   # or .pth
-    nnx.update(model, load_hf_resnet(model, "path/to/microsoft-resnet-50"))     # HF folder
-
-    # no random init when the checkpoint covers every variable (same head): fill an abstract one
-    abstract = nnx.eval_shape(lambda: ResNet("50", num_classes=1000, rngs=nnx.Rngs(0)))
-    model = nnx.merge(nnx.graphdef(abstract), load_torchvision_resnet(abstract, path))
-
-    # the two collections separately, if wanted:
-    params, stats = nnx.split_state(load_hf_resnet(model, path), nnx.Param, nnx.BatchStat)
-
-* ``load_torchvision_resnet``: a torchvision ``resnet{18,34,50,101,152}`` ``state_dict``
-  (``.safetensors`` via ``safetensors.numpy``; ``.pth`` / ``.pt`` / ``.bin`` via
-  ``torch.load(weights_only=True)``, so only when PyTorch is installed; or an in-memory mapping
-  of arrays / tensors). The key mapping is in ``deepfake_jax.models.resnet``'s docstring:
-  conv OIHW -> HWIO, fc transposed, BN ``weight/bias/running_mean/running_var`` ->
-  ``scale/bias/mean/var``, ``num_batches_tracked`` dropped. A ``module.`` prefix (DataParallel)
-  and a ``{"state_dict": ...}`` / ``{"model": ...}`` wrapper are removed. timm's plain
-  ``resnet18/34/50/101/152`` use exactly the same key names (timm's ResNet started as a copy of
-  torchvision's; its ``resnet18`` default weights are torchvision's own file), so their
-  state dicts load too. timm's ``d``/``c``/``s`` variants (deep stem ``conv1.0``..., avg-pool
-  shortcut ``downsample.1/.2``) are other architectures and are reported as unexpected keys.
-* ``load_hf_resnet``: what ``ResNetForImageClassification.save_pretrained`` (or ``ResNetModel``
-  / ``ResNetBackbone``) writes: ``model.safetensors`` (or sharded) + ``config.json``. Naming
-  (from ``transformers/models/resnet/modeling_resnet.py``; ``s`` = stage 0..3, ``i`` = block,
-  ``k`` = conv 0..2 inside the block)::
-
-      resnet.embedder.embedder.convolution.weight          -> conv1.kernel
-      resnet.embedder.embedder.normalization.*             -> bn1.*
-      resnet.encoder.stages.s.layers.i.layer.k.convolution.weight -> layer{s+1}.i.conv{k+1}.kernel
-      resnet.encoder.stages.s.layers.i.layer.k.normalization.*    -> layer{s+1}.i.bn{k+1}.*
-      resnet.encoder.stages.s.layers.i.shortcut.convolution.weight -> layer{s+1}.i.downsample_conv
-      resnet.encoder.stages.s.layers.i.shortcut.normalization.*    -> layer{s+1}.i.downsample_bn
-      classifier.1.{weight,bias}                           -> fc.{kernel,bias}
-
-  (``ResNetModel`` / ``ResNetBackbone`` checkpoints lack the ``resnet.`` prefix: accepted.)
-  HF's architecture equals torchvision's when ``downsample_in_bottleneck=False`` (default: the
-  stride sits on the 3x3 conv, torchvision v1.5) and ``downsample_in_first_stage=False``
-  (default); its stem is the same 7x7/2 conv (padding 3) + BN + ReLU + 3x3/2 max-pool
-  (padding 1), every conv pads ``kernel // 2``, BN eps 1e-5, head = Linear on the pooled
-  features. A ``config.json`` whose ``downsample_in_bottleneck`` / ``downsample_in_first_stage``
-  / ``hidden_act`` / ``num_channels`` / ``layer_type`` / ``depths`` / ``embedding_size`` /
-  ``hidden_sizes`` does not describe the model is an error naming the field (without a
-  config.json only the shapes are checked, and ``downsample_in_bottleneck`` cannot be).
-
-Common rules (as ``vit_hf.load_hf_vit``): when the checkpoint's head (``fc`` / ``classifier.1``)
-has another shape than the model's (other class count), or is absent (headless checkpoint),
-the model's own random head is kept. Every other missing or unexpected key and every shape
-mismatch is collected into one ``ValueError`` (``strict=False``: logged, and the model keeps
-its own values where nothing fits).
+Details (key tables, HF config checks): docs/models.md#deepfake_jaxweightsresnetpy
 """
 
 from __future__ import annotations

@@ -1,35 +1,13 @@
 """big_vision / original (google-research/vision_transformer) ViT ``.npz`` checkpoints.
 
-The files are flat ``np.savez`` archives of the Flax parameter tree, keys joined by ``/``,
-optionally under a prefix (``opt/target/``, ``params/`` or ``params/img/``; other keys, e.g.
-optimizer state, are ignored). Kernels are already in our layouts (HWIO conv, (in, out)
-dense); attention projections are per head::
+Flat ``np.savez`` archives of the Flax tree (keys joined by ``/``, optionally under
+``opt/target/``, ``params/`` or ``params/img/``); kernels are already in our layouts, the
+per-head attention projections are reshaped, scanned blocks are read too. Build the model with
+``layer_norm_eps=1e-6``. The head is replaced when the class count differs or the file has
+none; a ``pre_logits`` layer, no class token and a ``MAPHead_0`` are errors that say why.
+``save_vit_npz`` writes the original layout.
 
-    embedding/{kernel,bias}                       -> patch_embeddings.*   (P, P, 3, D)
-    cls                                           -> cls_token            (1, 1, D)
-    Transformer/posembed_input/pos_embedding      -> position_embeddings  (1, 1+N, D)
-    pos_embedding  (big_vision: no class-token row) -> position_embeddings (zero row added)
-    Transformer/encoderblock_{i}/LayerNorm_0      -> encoder.i.layernorm_before
-        .../MultiHeadDotProductAttention_1/{query,key,value}/kernel (D, H, d) -> (D, H*d)
-        .../MultiHeadDotProductAttention_1/{query,key,value}/bias   (H, d)    -> (H*d,)
-        .../MultiHeadDotProductAttention_1/out/kernel (H, d, D) -> (H*d, D); out/bias (D,)
-        .../LayerNorm_2                           -> encoder.i.layernorm_after
-        .../MlpBlock_3/Dense_0 | Dense_1          -> encoder.i.intermediate | output
-    Transformer/encoder_norm                      -> layernorm
-    head/{kernel,bias}                            -> classifier.*
-
-big_vision itself numbers the block's modules ``LayerNorm_0, MultiHeadDotProductAttention_0,
-LayerNorm_1, MlpBlock_0`` and may store the blocks scanned, as ``Transformer/encoderblock/...``
-with a leading depth axis: both are read (detected like timm's ``_load_weights``: a
-``params/`` prefix, a top-level ``pos_embedding`` or a scanned block).
-
-LayerNorm eps 1e-6 (Flax default): build the model with ``layer_norm_eps=1e-6``. The head is
-replaced when the class count differs or the file has none. Reported as errors that say why:
-a ``pre_logits`` representation layer (Dense + tanh before the head, in the original
-ImageNet-21k checkpoints; this ViT has none -- ``strict=False`` drops it with a warning),
-no class token (big_vision ``pool_type="gap"``/``"map"`` models), a ``MAPHead_0``.
-
-``save_vit_npz`` writes the original layout, e.g. for timm's ``_load_weights``.
+Details: docs/models.md#deepfake_jaxweightsvit_big_visionpy
 """
 
 from __future__ import annotations

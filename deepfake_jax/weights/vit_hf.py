@@ -1,28 +1,12 @@
 """Hugging Face ViT checkpoints <-> ``deepfake_jax.models.vit.ViT`` parameters.
 
-Reads what ``ViTForImageClassification.save_pretrained(dir)`` (or ``ViTModel``) writes --
-``model.safetensors`` (or sharded ``model.safetensors.index.json``) and ``config.json`` -- with
-``safetensors.numpy``: no PyTorch needed. The key mapping is in ``deepfake_jax.models.vit``'s
-docstring; both the hub naming (``vit.encoder.layer.i.attention.attention.query.weight``) and
-the transformers>=5 in-memory naming (``vit.layers.i.attention.q_proj.weight``) are accepted,
-with or without the ``vit.`` prefix. ``vit.pooler.*`` and ``vit.embeddings.mask_token`` are
-ignored (no such parameters here).
+Reads a ``ViTForImageClassification`` / ``ViTModel`` ``save_pretrained`` folder
+(``model.safetensors``, possibly sharded, + ``config.json``) with ``safetensors.numpy``: no
+PyTorch needed. Hub and transformers>=5 in-memory key names are both accepted. A head of another
+shape stays random, position embeddings are resized bicubically, anything else that does not fit
+is one ``ValueError``. ``to_hf_state_dict`` / ``save_hf_vit`` write the hub naming back.
 
-    model = ViT("B/16", num_classes=1, rngs=nnx.Rngs(0))
-    nnx.update(model, load_hf_vit(model, "path/to/vit-base-patch16-224"))
-    # or, architecture taken from config.json:
-    model = create_vit_from_hf("path/to/dir", num_classes=1, rngs=nnx.Rngs(0))
-
-* Head: when the checkpoint's ``classifier`` shape differs from the model's (other class count,
-  or a ``ViTModel`` checkpoint without a head), the model's own (random) head is kept.
-* Position embeddings: resized bicubically (``resize_pos_embed``; identical to HF's
-  ``interpolate_pos_encoding``) when the model's patch grid differs from the checkpoint's.
-* Anything else that does not fit -- missing or unexpected keys, other shapes, a config whose
-  ``hidden_act`` / ``layer_norm_eps`` / ``num_channels`` differs from the model -- raises a
-  ``ValueError`` that lists every problem.
-
-``to_hf_state_dict`` / ``save_hf_vit`` do the reverse (hub naming), so a model trained here
-loads with ``ViTForImageClassification.from_pretrained``.
+Details: docs/models.md#deepfake_jaxweightsvit_hfpy
 """
 
 from __future__ import annotations

@@ -1,28 +1,12 @@
 """timm ``vit_*`` state dicts <-> ``deepfake_jax.models.vit.ViT`` parameters.
 
-Reads what ``torch.save(model.state_dict())`` / ``safetensors.torch.save_file`` write for a
-timm ``VisionTransformer`` (e.g. ``vit_base_patch16_224.augreg2_in21k_ft_in1k``'s
-``model.safetensors`` from the hub): ``.safetensors`` without PyTorch, ``.pth``/``.bin`` with
-``torch.load(weights_only=True)``, or an in-memory mapping. Naming (``i`` = block)::
+Reads a timm ``VisionTransformer`` state dict (``.safetensors`` without PyTorch, ``.pth`` /
+``.bin`` with it, or a mapping); the fused ``qkv`` is split into query / key / value. Build the
+model with ``layer_norm_eps=1e-6`` (timm's). Head replacement and position-embedding fitting as
+in ``vit_common``; ``fc_norm``, register tokens, LayerScale, ``norm_pre``, MAP heads and q/k
+norms are not representable and are errors that say why.
 
-    cls_token                        -> cls_token                 (1, 1, D)
-    pos_embed                        -> position_embeddings       (1, 1+N, D) or (1, N, D)
-    patch_embed.proj.{weight,bias}   -> patch_embeddings.{kernel,bias}  (OIHW -> HWIO)
-    blocks.i.norm1.{weight,bias}     -> encoder.i.layernorm_before.{scale,bias}
-    blocks.i.attn.qkv.{weight,bias}  -> encoder.i.attention.{query,key,value}.*
-                                        (fused (3D, D): rows [0:D] q, [D:2D] k, [2D:3D] v)
-    blocks.i.attn.proj.*             -> encoder.i.attention.output.*
-    blocks.i.norm2.*                 -> encoder.i.layernorm_after.*
-    blocks.i.mlp.fc1.* / fc2.*       -> encoder.i.intermediate.* / output.*
-    norm.{weight,bias}               -> layernorm.{scale,bias}
-    head.{weight,bias}               -> classifier.{kernel,bias}
-
-timm ViTs use LayerNorm eps 1e-6 and exact (erf) GELU: build the model with
-``layer_norm_eps=1e-6`` (a different eps is only warned about). Head replacement and
-position-embedding fitting as in ``vit_common``. Not representable here, reported as errors
-that say why: ``fc_norm`` (timm ``global_pool="avg"``: LayerNorm *after* pooling; our
-``pool="gap"`` normalises before), register tokens (``reg_token``), LayerScale
-(``ls1``/``ls2``), CLIP's ``norm_pre``, ``attn_pool`` (MAP head), q/k norms.
+Details: docs/models.md#deepfake_jaxweightsvit_timmpy
 """
 
 from __future__ import annotations
