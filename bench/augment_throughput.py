@@ -1,6 +1,6 @@
 """Augmentation throughput per CPU core at 224 px, next to pure JPEG decoding in the same run.
 
-    python bench/augment_throughput.py [--images-dir DIR] [--images 256] [--image-size 256]
+    python bench/augment_throughput.py [--images_dir DIR] [--images 256] [--image_size 256]
         [--crop 224] [--repeats 5]
 
 Rates are images per CPU-second of this process (`time.process_time`), i.e. per core: OpenCV
@@ -8,7 +8,7 @@ is pinned to one thread, and CPU time, unlike wall time, does not count the time
 processes on a shared machine take from us. Medians over `--repeats` passes.
 
 Row (a0): `cv2.imdecode` with glibc's default malloc settings, timed first; then the process
-switches to the input pipeline's (`pipeline_speed.keep_freed_memory`, which saves each decode
+switches to the input pipeline's (`pipeline_tuning.keep_freed_memory`, which saves each decode
 page-faulting a fresh output buffer), which every later row, (a) included, runs under.
 Rows: (a) `cv2.imdecode` alone (the floor every pipeline pays); (b) the project's checked RGB
 decode; decode + random crop + flip + preset none / light / strong; each op alone on 224-px
@@ -64,7 +64,7 @@ def _load_blobs(args, tmp: str) -> tuple[list[bytes], list[int], str]:
     if args.images_dir:
         paths = sorted(glob.glob(os.path.join(args.images_dir, "**", "*.jp*g"), recursive=True))
         if not paths:
-            sys.exit(f"--images-dir {args.images_dir}: no .jpg/.jpeg files found")
+            sys.exit(f"--images_dir {args.images_dir}: no .jpg/.jpeg files found")
         paths = paths[: args.images]
         what = f"{len(paths)} JPEGs from {args.images_dir}"
     else:
@@ -86,7 +86,7 @@ def _load_blobs(args, tmp: str) -> tuple[list[bytes], list[int], str]:
 def _write_array_record(blobs: list[bytes], labels: list[int], path: str) -> None:
     from array_record.python.array_record_module import ArrayRecordWriter
 
-    from deepfake_jax import records
+    from deepfake_jax.data import records
 
     writer = ArrayRecordWriter(path, "group_size:1")
     for i, (blob, label) in enumerate(zip(blobs, labels, strict=True)):
@@ -95,18 +95,19 @@ def _write_array_record(blobs: list[bytes], labels: list[int], path: str) -> Non
 
 
 def main() -> None:
+    from deepfake_jax.data import augment_ops
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--images-dir", help="a folder of JPEGs (default: generate synthetic)")
+    parser.add_argument("--images_dir", help="a folder of JPEGs (default: generate synthetic)")
     parser.add_argument("--images", type=int, default=256)
-    parser.add_argument("--image-size", type=int, default=256, help="synthetic images only")
+    parser.add_argument("--image_size", type=int, default=256, help="synthetic images only")
     parser.add_argument("--crop", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
 
     import cv2
 
-    from deepfake_jax import augment, input_pipeline, pipeline_speed
-    from deepfake_jax.image_io import decode_image_rgb
+    from deepfake_jax.data import augment, input_pipeline, pipeline_tuning
+    from deepfake_jax.data.image_io import decode_image_rgb
 
     cv2.setNumThreads(1)
     crop = args.crop
@@ -121,7 +122,7 @@ def main() -> None:
         decode = lambda: [cv2.imdecode(a, cv2.IMREAD_COLOR) for a in arrays]  # noqa: E731
         measure = lambda fn, count=n: _paired(fn, count, decode, n, args.repeats)  # noqa: E731
         rows.append(("(a0) cv2.imdecode only, default glibc malloc", *measure(decode)))
-        tuned = pipeline_speed.keep_freed_memory()
+        tuned = pipeline_tuning.keep_freed_memory()
         rows.append((f"(a) cv2.imdecode only{'' if tuned else ' (malloc not tuned)'}",
                      *measure(decode)))
         rows.append(("(b) decode_image_rgb (RGB, checks)",
@@ -136,20 +137,20 @@ def main() -> None:
                 lambda p=policy: [p(decode_image_rgb(b), r, crop) for b, r in
                                   zip(blobs, rngs, strict=True)])))
 
-        crops = [augment.center_crop(decode_image_rgb(b), crop).copy() for b in blobs]
+        crops = [augment_ops.center_crop(decode_image_rgb(b), crop).copy() for b in blobs]
         rows.append((f"--- each op alone on {crop}-px crops (prob 1): images/s | "
                      "decode+crop+op vs (a)", None, 0.0))
         for name in augment.OPS:
             alone, _ = measure(lambda name=name: [augment.apply_op(name, c, r) for c, r in
                                                   zip(crops, rngs, strict=True)])
             _, with_decode = measure(lambda name=name: [augment.apply_op(
-                name, augment.random_crop(decode_image_rgb(b), crop, r), r)
+                name, augment_ops.random_crop(decode_image_rgb(b), crop, r), r)
                 for b, r in zip(blobs, rngs, strict=True)])
             rows.append((f"  {name}", alone, with_decode))
-        alone, _ = measure(lambda: [augment.random_resized_crop(c, crop, r) for c, r in
+        alone, _ = measure(lambda: [augment_ops.random_resized_crop(c, crop, r) for c, r in
                                     zip(crops, rngs, strict=True)])
         rows.append(("  resized_crop (instead of random crop)", alone, float("nan")))
-        for name, op in augment.RANDAUGMENT_OPS.items():
+        for name, op in augment_ops.RANDAUGMENT_OPS.items():
             alone, _ = measure(lambda op=op: [op(c, 5.0, r) for c, r in
                                               zip(crops, rngs, strict=True)])
             rows.append((f"  randaugment {name} (m=5)", alone, float("nan")))

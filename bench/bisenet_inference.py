@@ -28,7 +28,7 @@ def measure(variant: str, size: int, batch: int, repeats: int) -> tuple[float, f
     import numpy as np
     from flax import nnx
 
-    from deepfake_jax import train
+    from deepfake_jax.data import normalization
     from deepfake_jax.models.bisenet import BiSeNet
 
     model = BiSeNet(variant, 19, rngs=nnx.Rngs(0))
@@ -37,7 +37,7 @@ def measure(variant: str, size: int, batch: int, repeats: int) -> tuple[float, f
     @jax.jit
     def parse(state, images):
         m = nnx.merge(graphdef, state)
-        return jnp.argmax(m(train.normalize(images), train=False), axis=-1)
+        return jnp.argmax(m(normalization.normalize(images), train=False), axis=-1)
 
     images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (batch, size, size, 3),
                                                            dtype=np.uint8))

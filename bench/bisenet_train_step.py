@@ -4,10 +4,11 @@ CPU recipe's variants side by side (ms per step, table).
     python bench/bisenet_train_step.py [--batch 16] [--repeats 5] [--rows default]
 
 Each row jits one forward + backward pass of the face-parsing loss (OHEM cross-entropy on the
-main and both auxiliary outputs, as `seg_train.train_step`) on random images and labels, and
+main and both auxiliary outputs, as `tasks.segmentation.train_step`) on random images and
+labels, and
 reports the median of `--repeats` timed calls (compile excluded). The OHEM rows compare the
 reference's ``top_k`` over every pixel (its loss selects the hardest pixels by sorting) with
-`segmentation.ohem_cross_entropy` (a bisection over float bit patterns: counting passes only),
+`losses.ohem_cross_entropy` (a bisection over float bit patterns: counting passes only),
 once where more than `n_min` pixels are hard (threshold 0.7 on random logits: the mean of the
 hard pixels is the loss) and once where few are (threshold 1e-9: the mean of the `n_min`
 largest). The last quarter-width rows add the recipe's soft-IoU term on the main output, once
@@ -110,9 +111,9 @@ def measure(variant, size, detail_stride, aux_at_input_size, ohem, thresh, jacca
     import numpy as np
     from flax import nnx
 
-    from deepfake_jax import segmentation
     from deepfake_jax.models.bisenet import BiSeNet
-    from deepfake_jax.seg_train import subsample_labels
+    from deepfake_jax.parsing import losses
+    from deepfake_jax.tasks.segmentation import subsample_labels
 
     model = BiSeNet(variant, 19, rngs=nnx.Rngs(0), detail_stride=detail_stride,
                     upsample=upsample)
@@ -121,7 +122,7 @@ def measure(variant, size, detail_stride, aux_at_input_size, ohem, thresh, jacca
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal((batch, size, size, 3)), jnp.float32)
     y = jnp.asarray(rng.integers(0, 19, (batch, size, size)))
-    impl = ohem_top_k if ohem == "top_k" else segmentation.ohem_cross_entropy
+    impl = ohem_top_k if ohem == "top_k" else losses.ohem_cross_entropy
     loss_of = functools.partial(impl, thresh=thresh, min_kept_fraction=1 / 16)
 
     @jax.jit
@@ -131,10 +132,10 @@ def measure(variant, size, detail_stride, aux_at_input_size, ohem, thresh, jacca
             x, train=True, aux_at_input_size=aux_at_input_size)
         loss = sum(loss_of(h, subsample_labels(y, h.shape[1:3])) for h in aux)
         if jaccard == "fused":
-            return loss + sum(segmentation.ohem_and_soft_jaccard(
+            return loss + sum(losses.ohem_and_soft_jaccard(
                 out, y, thresh=thresh, min_kept_fraction=1 / 16))
         loss = loss + loss_of(out, y)
-        return loss + (segmentation.soft_jaccard_loss(out, y) if jaccard == "apart" else 0.0)
+        return loss + (losses.soft_jaccard_loss(out, y) if jaccard == "apart" else 0.0)
 
     jax.block_until_ready(step(params, rest))
     times = []

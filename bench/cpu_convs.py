@@ -15,7 +15,8 @@ Convs are EfficientNet-Lite0's at 224 px.
 
 The variants of a shape are timed in turn, repeat by repeat, so they share the machine's load;
 medians in ms, summed over the network (a shape counted once per layer that has it). Run
-with `GLIBC_TUNABLES=glibc.malloc.hugetlb=1`, as training does (deepfake_jax/huge_pages.py).
+with `GLIBC_TUNABLES=glibc.malloc.hugetlb=1`, as training does
+(deepfake_jax/training/huge_pages.py).
 """
 
 from __future__ import annotations

@@ -20,9 +20,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def score_view(workdir: str, size: int, flip: bool, out_root: str) -> float:
-    from deepfake_jax import evaluate, evaluators
+    from deepfake_jax import evaluate, runs
+    from deepfake_jax.evaluation import evaluators
 
-    real_load, real_eval = evaluate.run_config_at, evaluators.evaluate_splits
+    real_load, real_eval = runs.run_config_at, evaluators.evaluate_splits
 
     def load_with_view(*args, **kwargs):
         config, step = real_load(*args, **kwargs)

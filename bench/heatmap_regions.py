@@ -1,7 +1,7 @@
 """Does Grad-CAM point at the edited region? A check on generated CIPLab-style fakes.
 
-    python bench/heatmap_regions.py --out runs/heatmap_regions [--num-real 1000 --num-fake 1000]
-        [--image-size 64] [--steps 1000] [--learning-rate 1e-3] [--workdir DIR_OF_A_TRAINED_RUN]
+    python bench/heatmap_regions.py --out runs/heatmap_regions [--num_real 1000 --num_fake 1000]
+        [--image_size 64] [--steps 1000] [--learning_rate 1e-3] [--workdir DIR_OF_A_TRAINED_RUN]
 
 1. Generates CIPLab-style real/fake faces with face-parsing label maps
    (`data_prep.synthetic.generate_ciplab(..., masks=True)`; fakes named
@@ -9,7 +9,8 @@
    another face) and converts them (seeded 80/10/10 split).
 2. Trains a detector on them (ResNet "tiny", small stem, full-image crops so that heatmaps and
    label maps share their pixels), unless `--workdir` already holds a checkpoint.
-3. On the test split's fakes: Grad-CAM (`deepfake_jax.explain`), then for each part the share
+3. On the test split's fakes: Grad-CAM (`deepfake_jax.inference.explain`), then for each part
+   the share
    of the heat on that part's parsing classes vs its share of the pixels, averaged over the
    fakes where the part was edited, and over those where it was not (the control).
 
@@ -58,7 +59,7 @@ def prepare_data(out: str, num_real: int, num_fake: int, image_size: int, seed: 
 def train_detector(workdir: str, converted: str, image_size: int, steps: int, seed: int,
                    learning_rate: float):
     from configs import default
-    from deepfake_jax import train
+    from deepfake_jax import tasks
 
     config = default.get_config()
     config.seed = seed
@@ -71,7 +72,7 @@ def train_detector(workdir: str, converted: str, image_size: int, steps: int, se
     config.eval_every_steps = steps
     config.checkpoint.every_steps = steps
     config.log_every_steps = max(steps // 10, 1)
-    train.train_and_evaluate(config, workdir)
+    tasks.train_and_evaluate(config, workdir)
 
 
 def test_fakes(converted: str, images: str, split: str):
@@ -97,21 +98,24 @@ def heat_and_area(workdir: str, fakes, batch_size: int = 64):
     import jax
     from flax import nnx
 
-    from deepfake_jax import augment, evaluate, explain, predict, sharding, train
+    from deepfake_jax import runs
+    from deepfake_jax.data import augment_ops, normalization
+    from deepfake_jax.inference import explain, scoring
+    from deepfake_jax.training import sharding
 
-    config = evaluate.load_run_config(workdir)
+    config = runs.load_run_config(workdir)
     mesh = sharding.make_mesh(None, devices=jax.local_devices()[:1])
-    graphdef, state, _ = evaluate.restore_state(config, workdir, "latest", mesh)
+    graphdef, state, _ = runs.restore_weights(config, workdir, "latest", mesh)
     model = nnx.merge(graphdef, state.ema_params, state.ema_batch_stats)
     crop = int(config.input.crop_size)
     heat, area, bits = [], [], []
     t0 = time.perf_counter()
     for start in range(0, len(fakes), batch_size):
         chunk = fakes[start:start + batch_size]
-        views = np.stack([predict.load_view(p, crop, None)[0] for p, _, _ in chunk])
-        labels = np.stack([augment.center_crop(cv2.imread(m, cv2.IMREAD_GRAYSCALE), crop)
+        views = np.stack([scoring.load_view(p, crop, None)[0] for p, _, _ in chunk])
+        labels = np.stack([augment_ops.center_crop(cv2.imread(m, cv2.IMREAD_GRAYSCALE), crop)
                            for _, m, _ in chunk])
-        maps = np.asarray(explain.heatmaps(model, train.normalize(
+        maps = np.asarray(explain.heatmaps(model, normalization.normalize(
             views, config.input.mean, config.input.std)))
         shares = explain.region_shares(maps, labels, PARTS)
         heat.append(np.stack([shares[p][0] for p in PARTS], axis=1))
@@ -158,11 +162,11 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="runs/heatmap_regions")
     p.add_argument("--workdir", default=None, help="a trained run (default: <out>/run)")
-    p.add_argument("--num-real", type=int, default=1000)
-    p.add_argument("--num-fake", type=int, default=1000)
-    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--num_real", type=int, default=1000)
+    p.add_argument("--num_fake", type=int, default=1000)
+    p.add_argument("--image_size", type=int, default=64)
     p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--learning-rate", type=float, default=1e-3)
+    p.add_argument("--learning_rate", type=float, default=1e-3)
     p.add_argument("--split", default="test")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)

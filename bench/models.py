@@ -2,13 +2,14 @@
 
     python bench/models.py [--models resnet50,vit_b16,vgg16,densenet121,xception,cnn_seed]
         [--batch 8] [--repeats 5] [--steps 2] [--dtype float32|bfloat16]
-        [--xla-flags "--xla_cpu_..."] [--json PATH] [--quick]
+        [--xla_flags "--xla_cpu_..."] [--json PATH] [--quick]
 
 For each model, at batch `--batch`:
 
-* JAX forward: the trainer's jitted eval step (`train.make_eval_steps`: uint8 -> normalise ->
+* JAX forward: the trainer's jitted eval step (`classification.make_eval_steps`: uint8 ->
+  normalise ->
   network in eval mode -> p_fake), the path `evaluate` and `predict` use.
-* JAX train step: the trainer's real jitted step (`train.make_steps`) with the default
+* JAX train step: the trainer's real jitted step (`classification.make_steps`) with the default
   config's optimizer: AdamW (weight decay on matrices/kernels only), global-norm clipping 1.0,
   plus the EMA of the weights and BatchNorm statistics. Softmax cross-entropy, 1000 classes.
 * PyTorch forward: `torch.no_grad()`, eval mode; train step: AdamW + `clip_grad_norm_(1.0)` +
@@ -30,7 +31,7 @@ measurements of a model are interleaved repeat by repeat, so both see the same m
 each repeat times `--steps` consecutive calls; medians are reported. Both frameworks use all
 CPU cores (`torch.set_num_threads(os.cpu_count())`; XLA's default). The load average before
 and after goes into the output: on a shared machine compare ratios, not absolute numbers.
-`--xla-flags` is appended to XLA_FLAGS before JAX starts (for the CPU-flag experiments).
+`--xla_flags` is appended to XLA_FLAGS before JAX starts (for the CPU-flag experiments).
 """
 
 from __future__ import annotations
@@ -198,7 +199,8 @@ def jax_tasks(spec: ModelSpec, batch: int, dtype: str):
     import jax.numpy as jnp
 
     from configs import default
-    from deepfake_jax import sharding, train
+    from deepfake_jax.tasks import classification
+    from deepfake_jax.training import optim, sharding, train_state
 
     config = default.get_config()
     config.model_name = spec.family
@@ -209,9 +211,9 @@ def jax_tasks(spec: ModelSpec, batch: int, dtype: str):
         model_kwargs["dtype"] = jnp.bfloat16  # compute dtype; parameters stay float32
     config.model = model_kwargs
     mesh = sharding.make_mesh(None, devices=jax.devices()[:1])
-    tx, schedule = train.build_optimizer(config.optimizer, 1000)
-    graphdef, state, shardings = train.create_train_state(config, mesh, tx)
-    train_fn, eval_fns = train.make_steps(config, mesh, graphdef, tx, schedule, shardings)
+    tx, schedule = optim.build_optimizer(config.optimizer, 1000)
+    graphdef, state, shardings = train_state.create_train_state(config, mesh, tx)
+    train_fn, eval_fns = classification.make_steps(config, mesh, graphdef, tx, schedule, shardings)
     eval_fn = eval_fns[False]
     rng = np.random.default_rng(0)
     host = {"image": rng.integers(0, 256, (batch, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8),
@@ -349,8 +351,8 @@ def parse_args(argv=None):
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--steps", type=int, default=2, help="calls timed per repeat")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
-    parser.add_argument("--xla-flags", default="", help="appended to XLA_FLAGS")
-    parser.add_argument("--no-torch", action="store_true", help="JAX only")
+    parser.add_argument("--xla_flags", default="", help="appended to XLA_FLAGS")
+    parser.add_argument("--no_torch", action="store_true", help="JAX only")
     parser.add_argument("--json", default=os.path.join(tempfile.gettempdir(),
                                                        "deepfake_jax_bench_models.json"))
     parser.add_argument("--quick", action="store_true",

@@ -27,8 +27,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 def main() -> None:
     from data_prep import synthetic
-    from deepfake_jax import segmentation
     from deepfake_jax.models.bisenet import UPSAMPLING
+    from deepfake_jax.parsing import classes, metrics
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--faces", type=int, default=100)
@@ -37,7 +37,7 @@ def main() -> None:
 
     labels = np.stack([synthetic.render_face(np.random.default_rng([7, i]), args.size)[1]
                        for i in range(args.faces)])
-    num_classes = len(segmentation.PARSING_CLASSES)
+    num_classes = len(classes.PARSING_CLASSES)
     print(f"{args.faces} generated faces at {args.size} px: mean IoU of the true labels at the "
           "stride-s grid, up-sampled")
     print(f"{'stride':>6} | " + " | ".join(f"{mode:>13}" for mode in UPSAMPLING))
@@ -52,8 +52,8 @@ def main() -> None:
         for matrix in UPSAMPLING.values():
             m = matrix(coarse.shape[1], args.size).astype(np.float32)
             up = np.einsum("Hh,nhwc,Ww->nHWc", m, coarse, m, optimize=True)
-            cm = segmentation.confusion_matrix(labels, up.argmax(-1), num_classes)
-            cells.append(segmentation.segmentation_metrics(cm)["miou"])
+            cm = metrics.confusion_matrix(labels, up.argmax(-1), num_classes)
+            cells.append(metrics.segmentation_metrics(cm)["miou"])
         print(f"{stride:>6} | " + " | ".join(f"{v:>13.3f}" for v in cells))
 
 

@@ -1,7 +1,7 @@
 """Side-by-side throughput in one run: JPEG decoding, the training input pipeline, a train step.
 
-    python bench/pipeline_and_step.py [--images 512] [--image-size 256] [--crop 224]
-        [--model-variant 50] [--batch 16] [--steps 6] [--workers 0,2]
+    python bench/pipeline_and_step.py [--images 512] [--image_size 256] [--crop 224]
+        [--model_variant 50] [--batch 16] [--steps 6] [--workers 0,2]
 
 (a) plain `cv2.imdecode` of the generated JPEGs (the floor any pipeline pays),
 (b) our decode + `decode_image_rgb` checks (what every record goes through),
@@ -37,14 +37,14 @@ def _median_rate(fn, count: int, repeats: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=256, help="images per class")
-    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--image_size", type=int, default=256)
     parser.add_argument("--crop", type=int, default=224)
-    parser.add_argument("--model-variant", default="50")
+    parser.add_argument("--model_variant", default="50")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--workers", default="0,2")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--skip-step", action="store_true")
+    parser.add_argument("--skip_step", action="store_true")
     args = parser.parse_args()
 
     import cv2
@@ -53,8 +53,10 @@ def main() -> None:
 
     from configs import default
     from data_prep import convert, synthetic
-    from deepfake_jax import input_pipeline, records, sharding, train
-    from deepfake_jax.image_io import decode_image_rgb
+    from deepfake_jax.data import input_pipeline, records
+    from deepfake_jax.data.image_io import decode_image_rgb
+    from deepfake_jax.tasks import classification
+    from deepfake_jax.training import optim, sharding, train_state
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -95,9 +97,9 @@ def main() -> None:
             config.model = {"variant": args.model_variant}
             config.input.batch_size = args.batch
             mesh = sharding.make_mesh(None)
-            tx, schedule = train.build_optimizer(config.optimizer, 1000)
-            graphdef, state, shardings = train.create_train_state(config, mesh, tx)
-            train_fn, _ = train.make_steps(config, mesh, graphdef, tx, schedule, shardings)
+            tx, schedule = optim.build_optimizer(config.optimizer, 1000)
+            graphdef, state, shardings = train_state.create_train_state(config, mesh, tx)
+            train_fn, _ = classification.make_steps(config, mesh, graphdef, tx, schedule, shardings)
             it = input_pipeline.train_iterator(files, pre, args.batch, seed=0)
             host_batches = [next(it) for _ in range(args.steps + 1)]
             batch0 = sharding.host_to_global(mesh, host_batches[0])

@@ -1,12 +1,12 @@
 """Predict throughput on CPU: our inference paths vs PyTorch eval, ResNet-50 and ViT-B/16, 224 px.
 
     python bench/predict_throughput.py [--models resnet50,vit_b16] [--batch 16] [--repeats 5]
-        [--latency-calls 15] [--paths jax_fp32,jax_bf16,exported_fp32,exported_bf16]
+        [--latency_calls 15] [--paths jax_fp32,jax_bf16,exported_fp32,exported_bf16]
         [--json PATH] [--quick]
 
 Per model (one-logit detector head, as `predict` scores p_fake), the same random uint8 images:
 
-* `jax_fp32` / `jax_bf16`: the trainer's jitted eval step (`train.make_eval_steps`) that
+* `jax_fp32` / `jax_bf16`: the trainer's jitted eval step (`classification.make_eval_steps`) that
   `deepfake_jax.predict` runs, fed host arrays through `sharding.host_to_global` like predict's
   scorer; bf16 = the model built with `dtype=bfloat16` (float32 weights, bfloat16 compute).
 * `exported_fp32` / `exported_bf16`: the serving artifact path: `export.serving_function`
@@ -17,7 +17,7 @@ Per model (one-logit detector head, as `predict` scores p_fake), the same random
   mode under `torch.no_grad()`, channels_last for ResNet; bf16 via `torch.autocast`.
 
 Throughput = images/s at `--batch` (median over `--repeats`); latency = median ms of one
-image (batch 1) over `--latency-calls` calls. Compilation and first calls are excluded; all
+image (batch 1) over `--latency_calls` calls. Compilation and first calls are excluded; all
 paths are interleaved call by call so that they share the machine's load. Ratios are against
 `torch_fp32`.
 """
@@ -50,7 +50,8 @@ def _jax_paths(key: str, dtypes: list[str], exported_dtypes: list[str]):
     import jax.numpy as jnp
 
     from configs import default
-    from deepfake_jax import sharding, train
+    from deepfake_jax.tasks import classification
+    from deepfake_jax.training import optim, sharding, train_state
 
     spec = MODELS[key]
     out = {}
@@ -62,10 +63,10 @@ def _jax_paths(key: str, dtypes: list[str], exported_dtypes: list[str]):
             kwargs["dtype"] = jnp.bfloat16
         config.model = kwargs
         mesh = sharding.make_mesh(None, devices=jax.devices()[:1])
-        tx, _ = train.build_optimizer(config.optimizer, 10)
-        graphdef, state, shardings = train.create_train_state(config, mesh, tx)
+        tx, _ = optim.build_optimizer(config.optimizer, 10)
+        graphdef, state, shardings = train_state.create_train_state(config, mesh, tx)
         if dtype in dtypes:
-            eval_fn = train.make_eval_steps(config, mesh, graphdef, shardings)[False]
+            eval_fn = classification.make_eval_steps(config, mesh, graphdef, shardings)[False]
 
             def run(images, eval_fn=eval_fn, mesh=mesh, state=state):
                 batch = sharding.host_to_global(mesh, {
@@ -83,11 +84,14 @@ def _exported_path(graphdef, state):
     import jax
     import jax.numpy as jnp
 
-    from deepfake_jax import export, serving, train
+    from deepfake_jax import export
+    from deepfake_jax.data import normalization
+    from deepfake_jax.inference import serving
 
     params, batch_stats = jax.device_get((state.params, state.batch_stats))
-    serve = jax.jit(export.serving_function(graphdef, params, batch_stats, train.IMAGENET_MEAN,
-                                            train.IMAGENET_STD))
+    serve = jax.jit(export.serving_function(graphdef, params, batch_stats,
+                                            normalization.IMAGENET_MEAN,
+                                            normalization.IMAGENET_STD))
     batch, = jax.export.symbolic_shape("batch")
     exported = jax.export.export(serve)(jax.ShapeDtypeStruct((batch, 224, 224, 3), jnp.uint8))
     blob = exported.serialize()
@@ -123,7 +127,7 @@ def bench_model(key, args, log) -> dict:
     have_export = True
     try:
         import deepfake_jax.export  # noqa: F401
-        import deepfake_jax.serving  # noqa: F401
+        import deepfake_jax.inference.serving  # noqa: F401
     except ImportError:
         have_export = False
     dtypes = [p[4:] for p in args.paths if p.startswith("jax_")]
@@ -181,7 +185,7 @@ def main(argv=None):
     parser.add_argument("--models", default=",".join(PREDICT_MODELS))
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--latency-calls", type=int, default=15)
+    parser.add_argument("--latency_calls", type=int, default=15)
     parser.add_argument("--paths", default=",".join(PATHS))
     parser.add_argument("--json", default=os.path.join(tempfile.gettempdir(),
                                                        "deepfake_jax_bench_predict.json"))

@@ -1,7 +1,7 @@
 """ResNet-50 on XLA:CPU: what each convolution/compiler option gives, measured in one process.
 
     python bench/resnet_cpu_options.py [--batch 8] [--repeats 3] [--mode fwd|train|both]
-        [--variants baseline,nchw,...] [--no-torch]
+        [--variants baseline,nchw,...] [--no_torch]
 
 Every variant is compiled first, then all variants (and the PyTorch reference) are timed in
 turn, repeat by repeat, so that they share the machine's load; medians are printed as a
@@ -144,7 +144,9 @@ def build_variant(name: str, batch: int, mode: str, data: dict):
     import jax.numpy as jnp
 
     from configs import default
-    from deepfake_jax import sharding, train
+    from deepfake_jax.data import normalization
+    from deepfake_jax.tasks import classification
+    from deepfake_jax.training import optim, sharding, train_state
 
     opts, compiler_options = VARIANTS[name]
     config = default.get_config()
@@ -154,9 +156,9 @@ def build_variant(name: str, batch: int, mode: str, data: dict):
         config.model = {"variant": "50", "dtype": jnp.bfloat16}
     config.input.batch_size = batch
     mesh = sharding.make_mesh(None, devices=jax.devices()[:1])
-    tx, schedule = train.build_optimizer(config.optimizer, 1000)
+    tx, schedule = optim.build_optimizer(config.optimizer, 1000)
     with model_options(opts):
-        graphdef, state, _ = train.create_train_state(config, mesh, tx)
+        graphdef, state, _ = train_state.create_train_state(config, mesh, tx)
         # Non-trivial BN statistics (as after training), the same for every variant.
         rng = np.random.default_rng(1)
         stats = jax.tree.map(
@@ -172,17 +174,20 @@ def build_variant(name: str, batch: int, mode: str, data: dict):
         def forward(params, batch_stats, images):
             from flax import nnx
 
+            from deepfake_jax.data import normalization
+
             model = nnx.merge(graphdef, params, batch_stats)
-            return model(train.normalize(images), train=False).astype(jnp.float32)
+            return model(normalization.normalize(images), train=False).astype(jnp.float32)
 
         fwd = jax.jit(forward, compiler_options=compiler_options or None).lower(
             params, stats, data["image"]).compile()
         step = None
         if mode != "fwd" and name not in FORWARD_ONLY:
             step = jax.jit(
-                functools.partial(train.train_step, graphdef=graphdef, tx=tx, schedule=schedule,
-                                  ema_decay=0.99, mean=train.IMAGENET_MEAN,
-                                  std=train.IMAGENET_STD),
+                functools.partial(classification.train_step, graphdef=graphdef, tx=tx,
+                                  schedule=schedule,
+                                  ema_decay=0.99, mean=normalization.IMAGENET_MEAN,
+                                  std=normalization.IMAGENET_STD),
                 donate_argnums=(0,), compiler_options=compiler_options or None,
             ).lower(state, data).compile()
     holder = {"state": state}
@@ -203,7 +208,7 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--mode", choices=("fwd", "train", "both"), default="both")
     parser.add_argument("--variants", default=",".join(VARIANTS))
-    parser.add_argument("--no-torch", action="store_true")
+    parser.add_argument("--no_torch", action="store_true")
     args = parser.parse_args(argv)
     names = [v for v in args.variants.split(",") if v]
     unknown = [v for v in names if v not in VARIANTS]

@@ -6,7 +6,8 @@
 Features per image (full decoded image, never resized): the azimuthally averaged log power
 spectrum (radial bins of |FFT|^2 of the mean-subtracted grayscale image, or of each RGB
 channel), standardised, then scikit-learn's LogisticRegression. For each `fold_<i>/` (written
-by `data_prep.folds` / `deepfake_jax.kfold`) it fits on train + valid and scores test (fold i),
+by `data_prep.folds` / `deepfake_jax.experiments.kfold`) it fits on train + valid and scores test
+(fold i),
 printing ROC AUC and accuracy (threshold 0.5) per fold and mean +- sample std; `--cross DIR` also
 scores DIR's test split with a model fitted on fold 0's train + valid.
 """
@@ -27,8 +28,8 @@ from sklearn.preprocessing import StandardScaler
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from deepfake_jax import records  # noqa: E402
-from deepfake_jax.image_io import decode_image_rgb  # noqa: E402
+from deepfake_jax.data import records  # noqa: E402
+from deepfake_jax.data.image_io import decode_image_rgb  # noqa: E402
 
 
 def radial_log_spectrum(image: np.ndarray, bins: int) -> np.ndarray:

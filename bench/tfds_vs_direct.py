@@ -73,8 +73,8 @@ def run(src: str, work: str, repeats: int) -> dict:
     import tensorflow_datasets as tfds
 
     from data_prep import convert
-    from deepfake_jax import records
-    from deepfake_jax.image_io import decode_image_rgb
+    from deepfake_jax.data import records
+    from deepfake_jax.data.image_io import decode_image_rgb
 
     out: dict = {}
     for fmt in ("arrayrecord", "tfds"):

@@ -8,13 +8,13 @@
 import ml_collections
 from ml_collections import config_dict
 
-from deepfake_jax import augment, tfds_source
+from deepfake_jax.data import augment, tfds_source
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0
-    config.kfold = 0  # K > 1: K-fold cross-validation runs (deepfake_jax/kfold.py)
+    config.kfold = 0  # K > 1: K-fold cross-validation runs (deepfake_jax/experiments/kfold.py)
 
     config.data = ml_collections.ConfigDict()
     # A folder written by `python -m data_prep.convert`; unset -> the synthetic data below,
@@ -26,7 +26,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # = the union of every domain's, with per-domain rows in the reports. Unset = off.
     config.data.mix = config_dict.placeholder(tuple)
     # A TFDS-prepared dataset (array_record) instead: name, data_dir, image/label features
-    # (deepfake_jax/tfds_source.py), e.g. --config.data.tfds.name=my_faces
+    # (deepfake_jax/data/tfds_source.py), e.g. --config.data.tfds.name=my_faces
     # --config.data.tfds.data_dir=/data/tfds --config.data.val_split=validation
     config.data.tfds = tfds_source.default_config()
     config.data.train_split = "train"
@@ -50,7 +50,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.input.mean = (0.485, 0.456, 0.406)
     config.input.std = (0.229, 0.224, 0.225)
     # After crop + flip. preset "none" = crop + flip only (this recipe); "light"/"strong": see
-    # deepfake_jax/augment.py. Every op's prob and range is in augment.light / augment.strong,
+    # deepfake_jax/data/augment.py. Every op's prob and range is in augment.light / augment.strong,
     # e.g. --config.augment.preset=light --config.augment.strong_after_epochs=10
     #      --config.augment.strong.jpeg.quality="(50, 100)"
     config.augment = augment.default_config(preset="none")

@@ -5,7 +5,7 @@ Data (README "Your own data"):
 
     python -m data_prep.convert --input /data/real_vs_fake/real-vs-fake --output /data/140k_ar
     python -m data_prep.convert --input /data/real_and_fake_face --output /data/ciplab_ar \
-        --split-ratios 0.8,0.1,0.1 --split-seed 0
+        --split_ratios 0.8,0.1,0.1 --split_seed 0
 
 Run (stage 2 starts from stage 1's best checkpoint, its EMA weights: what stage 1 evaluated):
 

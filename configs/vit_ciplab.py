@@ -5,7 +5,7 @@ photoshopped faces, 600x600 JPEG; no official split: a seeded, stratified 80/10/
 in records.csv; fakes keep their difficulty and edited-region metadata):
 
     python -m data_prep.convert --input /data/real_and_fake_face --output /data/ciplab_ar \
-        --split-ratios 0.8,0.1,0.1 --split-seed 0
+        --split_ratios 0.8,0.1,0.1 --split_seed 0
 
 Run (ImageNet-21k weights: a Hugging Face `save_pretrained` folder you provide; 1.6k training
 images are far too few to train a ViT from scratch):

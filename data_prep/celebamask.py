@@ -1,8 +1,8 @@
 """Face-parsing datasets (image + label map) -> ArrayRecord + manifest.json + split.csv.
 
     python -m data_prep.celebamask --input DIR --output DIR [--layout auto|celebamask|
-        images_masks|synthetic] [--split-ratios 0.8,0.1,0.1] [--split-seed 0]
-        [--records-per-shard 2000] [--limit N] [--overwrite]
+        images_masks|synthetic] [--split_ratios 0.8,0.1,0.1] [--split_seed 0]
+        [--records_per_shard 2000] [--limit N] [--overwrite]
 
 Layouts (auto-detected):
 
@@ -18,9 +18,10 @@ Layouts (auto-detected):
   ``<split>/<class>_masks/<stem>.png`` (its splits are used as they are).
 
 Without given splits a seeded split is made: the name-sorted samples permuted by
-``numpy.random.default_rng(split_seed)``, cut by ``--split-ratios``. Every record's split is
+``numpy.random.default_rng(split_seed)``, cut by ``--split_ratios``. Every record's split is
 written to ``split.csv`` (path, split), and seed and ratios to the manifest. Records
-(`deepfake_jax.seg_pipeline`): the original image bytes + the label map as PNG. Unreadable or
+(`deepfake_jax.data.parsing_pipeline`): the original image bytes + the label map as PNG.
+Unreadable or
 corrupt images and masks are skipped and listed in ``manifest["skipped_files"]``.
 """
 
@@ -40,10 +41,11 @@ import cv2
 import numpy as np
 
 from data_prep import layouts
-from data_prep.convert import _ShardWriter, _write_json_atomic, prepare_output, split_order
-from deepfake_jax import records, seg_pipeline
-from deepfake_jax.image_io import IMAGE_EXTENSIONS, ImageDecodeError, decode_image_rgb
-from deepfake_jax.segmentation import NUM_CLASSES, PARSING_CLASSES
+from data_prep.convert import _ShardWriter, prepare_output, split_order
+from deepfake_jax import cli, json_io
+from deepfake_jax.data import parsing_pipeline, records
+from deepfake_jax.data.image_io import IMAGE_EXTENSIONS, ImageDecodeError, decode_image_rgb
+from deepfake_jax.parsing.classes import NUM_CLASSES, PARSING_CLASSES
 
 LAYOUTS = ("celebamask", "images_masks", "synthetic")
 SPLITS = ("train", "valid", "test")
@@ -95,7 +97,7 @@ def paint_parts(parts: dict[int, str], source: str = "") -> np.ndarray:
 
 def read_label_map(path: str) -> np.ndarray:
     with open(path, "rb") as f:
-        lab = seg_pipeline.decode_label_png(f.read(), path)
+        lab = parsing_pipeline.decode_label_png(f.read(), path)
     if lab.max(initial=0) >= NUM_CLASSES:
         raise ValueError(f"label map {path} has values up to {lab.max()}, above the "
                          f"{NUM_CLASSES - 1} of the {NUM_CLASSES}-class order")
@@ -197,7 +199,7 @@ def _load(sample: Sample) -> tuple[bytes, bytes, str]:
     if label_map.shape[0] * w != label_map.shape[1] * h:  # a resize would distort it
         raise ValueError(f"label map {label_map.shape[1]}x{label_map.shape[0]} does not have "
                          f"the aspect ratio of the {w}x{h} image")
-    return data, seg_pipeline.encode_label_png(label_map), hashlib.sha256(data).hexdigest()
+    return data, parsing_pipeline.encode_label_png(label_map), hashlib.sha256(data).hexdigest()
 
 
 def convert(input_dir: str, output_dir: str, layout: str = "auto",
@@ -240,7 +242,7 @@ def convert(input_dir: str, output_dir: str, layout: str = "auto",
                     continue
                 w = writers.get(split) or writers.setdefault(
                     split, _ShardWriter(output_dir, split, records_per_shard))
-                w.write(seg_pipeline.encode_record(data, mask_png, sample.rel_path, sha,
+                w.write(parsing_pipeline.encode_record(data, mask_png, sample.rel_path, sha,
                                                    sample.meta))
                 split_rows.append((sample.rel_path, split))
     finally:
@@ -275,7 +277,7 @@ def convert(input_dir: str, output_dir: str, layout: str = "auto",
         "skipped": len(skipped),
         "skipped_files": skipped[:1000],
     }
-    _write_json_atomic(os.path.join(output_dir, records.MANIFEST_NAME), manifest)
+    json_io.write_json(manifest, os.path.join(output_dir, records.MANIFEST_NAME))
     return manifest
 
 
@@ -292,16 +294,15 @@ def format_summary(manifest: dict[str, Any], output_dir: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m data_prep.celebamask", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser("python -m data_prep.celebamask", __doc__)
     p.add_argument("--input", required=True)
     p.add_argument("--output", required=True)
     p.add_argument("--layout", default="auto", choices=("auto",) + LAYOUTS)
-    p.add_argument("--split-ratios", default="0.8,0.1,0.1")
-    p.add_argument("--split-seed", type=int, default=0)
-    p.add_argument("--records-per-shard", type=int, default=2000)
+    p.add_argument("--split_ratios", default="0.8,0.1,0.1")
+    p.add_argument("--split_seed", type=int, default=0)
+    p.add_argument("--records_per_shard", type=int, default=2000)
     p.add_argument("--limit", type=int, default=None, help="convert only the first N samples")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_bool("overwrite", False, "replace a converted dataset already in --output")
     return p
 
 

@@ -1,35 +1,14 @@
 """Image folders -> sharded ArrayRecord files + manifest.json + records.csv + data report.
 
     python -m data_prep.convert --input DIR --output DIR [--layout auto|140k|seed|rvf10k|ciplab|
-        generic] [--split-ratios 0.8,0.1,0.1] [--split-seed 0] [--records-per-shard 2000]
-        [--workers N] [--overwrite] [--format arrayrecord|tfds] [--tfds-name faces]
+        generic] [--split_ratios 0.8,0.1,0.1] [--split_seed 0] [--records_per_shard 2000]
+        [--workers N] [--overwrite] [--format arrayrecord|tfds] [--tfds_name faces]
 
-What it does (format: `deepfake_jax/records.py`):
-
-- Finds the labelled files with `data_prep.layouts` (layout auto-detected unless given).
-- Reads every file, hashes it (sha256) and validates it by decoding it fully with
-  `deepfake_jax.image_io.decode_image_rgb` (+ `probe_image` for mode/format). Files that cannot
-  be read or decoded (corrupt, truncated, empty, not an image) are SKIPPED and listed with the
-  reason in report.json / report.md; grayscale, RGBA, CMYK, palette and 16-bit images are kept
-  unchanged and flagged by mode in the report.
-- Stores the ORIGINAL file bytes (never re-encoded) with `records.encode_record`, one
-  ArrayRecord per image, `group_size:1` (fast random access), shards of `--records-per-shard`.
-- Record order within a split: a seeded shuffle (so a sequential reader sees mixed classes):
-  the path-sorted samples of the split permuted by
-  `numpy.random.default_rng(SeedSequence([split_seed, zlib.crc32(split.encode())]))`.
-  `records.csv` lists every record (split, shard, index_in_split, label, path, sha256, meta).
-- Shards are written under temporary names and renamed when the split is complete; the report
-  follows, and `manifest.json` is written LAST (atomically), so an interrupted conversion leaves
-  no manifest and `records.read_manifest` refuses the folder.
-- The output folder must be new, empty, or a previous conversion holding nothing but the files
-  this tool writes (then only with `--overwrite`, which removes just those files); a folder with
-  any other file is refused, with or without `--overwrite`, and so is an output inside the
-  input (its report's PNG would be read as a face by the next conversion).
-- Identical files carrying both labels are named on the console, not only in the report.
-- `--format tfds`: the same listing, validation, record order, records.csv and report, but the
-  kept files go into a TFDS dataset `<output>/<tfds-name>/1.0.0/` (`data_prep/tfds_export.py`)
-  that `tfds.data_source(name, data_dir=output)` reads; manifest.json then says `"format":
-  "tfds"` and points there.
+Every file is read, hashed and decoded once; unreadable ones are skipped and listed with the
+reason. The original bytes are stored (never re-encoded), in a seeded order per split; shards
+are renamed when complete and manifest.json is written last, so an interrupted conversion
+leaves no manifest. The output must be new, empty or a previous conversion (`--overwrite`).
+Details: docs/data_format.md (Module reference); the format: `deepfake_jax/data/records.py`.
 """
 
 from __future__ import annotations
@@ -52,8 +31,9 @@ import cv2
 import numpy as np
 
 from data_prep import layouts, report
-from deepfake_jax import records
-from deepfake_jax.image_io import (
+from deepfake_jax import cli, json_io
+from deepfake_jax.data import records
+from deepfake_jax.data.image_io import (
     ImageDecodeError,
     decode_image_rgb,
     probe_image,
@@ -211,16 +191,6 @@ def prepare_output(output_dir: str, overwrite: bool) -> None:
             if (name in _OWNED_FILES or name == records.MANIFEST_NAME + ".tmp"
                     or _SHARD_RE.match(name) or _PARTIAL_RE.match(name)):
                 os.remove(os.path.join(output_dir, name))
-
-
-def _write_json_atomic(path: str, obj: Any) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 # ------------------------------------------------------------------------------------------
@@ -487,7 +457,7 @@ def convert(
     dup = rep["duplicates"]
     manifest["duplicates"] = {"within_split_groups": dup["within_split"]["num_groups"],
                               "cross_split_groups": dup["cross_split"]["num_groups"]}
-    _write_json_atomic(os.path.join(output_dir, records.MANIFEST_NAME), manifest)
+    json_io.write_json(manifest, os.path.join(output_dir, records.MANIFEST_NAME))
     log(format_summary(manifest, rep, output_dir))
     return manifest
 
@@ -531,27 +501,26 @@ def format_summary(manifest: dict[str, Any], rep: dict[str, Any], output_dir: st
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = cli.ArgumentParser(
         prog="python -m data_prep.convert",
         description="Convert an image-folder dataset of real/fake faces to sharded ArrayRecord.",
     )
     p.add_argument("--input", required=True, help="dataset root folder")
     p.add_argument("--output", required=True, help="output folder (created)")
     p.add_argument("--layout", default="auto", choices=layouts.LAYOUT_CHOICES)
-    p.add_argument("--split-ratios", default="0.8,0.1,0.1",
+    p.add_argument("--split_ratios", default="0.8,0.1,0.1",
                    help="train,valid,test ratios for layouts without split folders")
-    p.add_argument("--split-seed", type=int, default=0,
+    p.add_argument("--split_seed", type=int, default=0,
                    help="seed of the split (when made here) and of the record order")
-    p.add_argument("--records-per-shard", type=int, default=2000)
+    p.add_argument("--records_per_shard", type=int, default=2000)
     p.add_argument("--workers", type=int, default=1,
                    help="processes for read+validate+hash (default 1)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace a converted dataset already in --output")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_bool("overwrite", False, "replace a converted dataset already in --output")
+    p.add_bool("quiet", False, "no progress bar")
     p.add_argument("--format", default="arrayrecord", choices=FORMATS,
                    help="arrayrecord (default; read with --config.data.dir) or tfds (a TFDS "
                         "dataset in --output; read with --config.data.tfds.name)")
-    p.add_argument("--tfds-name", default="faces", help="the TFDS dataset name (--format tfds)")
+    p.add_argument("--tfds_name", default="faces", help="the TFDS dataset name (--format tfds)")
     return p
 
 

@@ -19,7 +19,6 @@ to which fold and role: the split is on disk, not re-derived.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import os
@@ -34,8 +33,9 @@ from sklearn.model_selection import (
     train_test_split,
 )
 
-from data_prep.convert import ARRAY_RECORD_OPTIONS, _ShardWriter, _write_json_atomic
-from deepfake_jax import records
+from data_prep.convert import ARRAY_RECORD_OPTIONS, _ShardWriter
+from deepfake_jax import cli, json_io
+from deepfake_jax.data import records
 
 FOLDS_INDEX = "folds.csv"
 PER_SHARD = 4096
@@ -118,7 +118,7 @@ def make_folds(input_dir: str, output_dir: str, k: int = 5, seed: int = 0,
     folds = assign_folds(labels, k, seed, val_fraction, groups)
 
     os.makedirs(output_dir, exist_ok=True)
-    _write_json_atomic(settings_path, settings)
+    json_io.write_json(settings, settings_path)
     rows = []
     for i, (fold_dir, parts) in enumerate(zip(dirs, folds, strict=True)):
         os.makedirs(fold_dir, exist_ok=True)
@@ -149,7 +149,7 @@ def make_folds(input_dir: str, output_dir: str, k: int = 5, seed: int = 0,
             "splits": splits_info,
             "array_record_options": ARRAY_RECORD_OPTIONS,
         }
-        _write_json_atomic(os.path.join(fold_dir, records.MANIFEST_NAME), manifest)
+        json_io.write_json(manifest, os.path.join(fold_dir, records.MANIFEST_NAME))
     with open(os.path.join(output_dir, FOLDS_INDEX), "w", newline="") as f:
         out = csv.writer(f)
         out.writerow(["source_split", "source_index", "path", "label", "test_fold"])
@@ -158,7 +158,7 @@ def make_folds(input_dir: str, output_dir: str, k: int = 5, seed: int = 0,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli.ArgumentParser("python -m data_prep.folds", __doc__.split("\n\n")[0])
     parser.add_argument("--input", required=True, help="a folder written by data_prep.convert")
     parser.add_argument("--output", required=True)
     parser.add_argument("--k", type=int, default=5)

@@ -1,42 +1,10 @@
 """Dataset folder layouts -> a list of labelled samples.
 
-Layouts (the names of `--layout`), checked in this order by `detect_layout`:
-
-  140k     Kaggle "140k Real and Fake Faces": `real_vs_fake/real-vs-fake/{train,valid,test}/
-           {real,fake}/*`; the root may also be `real_vs_fake/`, or the `real-vs-fake/` folder
-           itself (the one holding train/valid/test). All three splits are required.
-  seed     `{train,valid,test}/{real_faces,fake_faces}/` (all three splits required).
-  rvf10k   `rvf10k/{train,valid}/{real,fake}/`; the root may be the rvf10k folder or its parent.
-  ciplab   CIPLab "Real and Fake Face Detection": `real_and_fake_face/{training_real,
-           training_fake}/` (also under `real_and_fake_face_detection/`, or the two folders
-           directly at the root). Fakes are `{easy,mid,hard}_<id>_<bits>.jpg`, bits = left eye,
-           right eye, nose, mouth edited -> meta {"difficulty": "easy", "edited": [0,1,0,1]};
-           a fake whose name does not parse keeps meta {"difficulty": "unknown"}. Reals are
-           `real_<id>.jpg`. No official split: a seeded split stratified by (label, difficulty).
-  videos   frames of videos (FaceForensics++-style): `<root>/[<split>/]<class>/<video>/<frame>`,
-           class and split folders as in generic; chosen by auto-detection when every class
-           folder holds only video folders (no image directly). Records carry meta
-           {"video": "<class>/<video>", "group": ...}: the fake video N is made from the real
-           video N, so both share group N; FF++ names `<target>_<source>` (digits) join both
-           sources' groups. The seeded split assigns whole GROUPS (`group_split`), so no video
-           and no real/fake pair is in two splits. FF++'s own tree works as it is:
-           `original_sequences/<source>/<quality>/<frames>/<000>/` (real) and
-           `manipulated_sequences/<method>/<quality>/<frames>/<000_003>/` (fake); a video is
-           the folder holding its frames, its name the group key.
-  generic  `<root>/<split>/<class>/` or `<root>/<class>/`. Split folders (case-insensitive):
-           train | valid, val, validation | test -> canonical names train, valid, test.
-           Class folders (case-insensitive): real: real, reals, real_faces, real_images, 0,
-           original_sequences; fake: fake, fakes, fake_faces, fake_images, 1,
-           manipulated_sequences. Without split folders, a seeded split
-           stratified by label.
-
-Image files: extensions .jpg .jpeg .png .webp .bmp (case-insensitive), found recursively under
-each class folder, sorted by relative path for determinism. Other files are returned in
-`ParsedDataset.skipped` with reason "not an image extension".
-
-Seeded split: within each stratum, samples sorted by relative path are permuted with
-`numpy.random.default_rng(SeedSequence([seed, crc32(repr(stratum_key))]))`; the first
-round(n * valid) go to valid, the next round(n * test) to test, the rest to train.
+Layouts (`--layout`, auto-detected in this order): 140k, seed, rvf10k, ciplab (fake names give
+the edited parts), videos (frames; seeded splits keep each video and each real/fake pair in
+one split), generic (`<root>/[<split>/]<class>/`). Image files: .jpg .jpeg .png .webp .bmp,
+found recursively and sorted; others go to `ParsedDataset.skipped`. Seeded splits are
+stratified and a pure function of the seed. Details: docs/data_format.md (Module reference).
 """
 
 from __future__ import annotations
@@ -50,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from deepfake_jax.image_io import IMAGE_EXTENSIONS
-from deepfake_jax.records import LABEL_FAKE, LABEL_REAL
+from deepfake_jax.data.image_io import IMAGE_EXTENSIONS
+from deepfake_jax.data.records import LABEL_FAKE, LABEL_REAL
 
 LAYOUTS = ("140k", "seed", "rvf10k", "ciplab", "videos", "generic")
 LAYOUT_CHOICES = ("auto",) + LAYOUTS
@@ -176,7 +144,7 @@ def parse_split_ratios(value: str | Sequence[float]) -> tuple[float, float, floa
             parts = [float(v) for v in value.split(",") if v.strip()]
         except ValueError:
             raise ValueError(
-                f"--split-ratios must be numbers like 0.8,0.1,0.1, got {value!r}"
+                f"--split_ratios must be numbers like 0.8,0.1,0.1, got {value!r}"
             ) from None
     else:
         parts = [float(v) for v in value]

@@ -11,14 +11,14 @@ per-channel colour histograms from a capped random sample of images.
 from __future__ import annotations
 
 import collections
-import json
 import os
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from deepfake_jax.records import CLASS_NAMES
+from deepfake_jax import json_io
+from deepfake_jax.data.records import CLASS_NAMES
 
 REPORT_FILES = ("report.json", "report.md", "color_histograms.png")
 MAX_LISTED = 1000  # groups / files listed in report.json (counts are always complete)
@@ -347,9 +347,7 @@ def write_report(
         plot_color_histograms(hists, hist_counts, os.path.join(output_dir, REPORT_FILES[2]))
     except Exception as e:  # noqa: BLE001 - the plot is optional; the numbers are not
         rep["color_histograms"]["error"] = f"{type(e).__name__}: {e}"
-    with open(os.path.join(output_dir, REPORT_FILES[0]), "w") as f:
-        json.dump(rep, f, indent=2)
-        f.write("\n")
+    json_io.write_json(rep, os.path.join(output_dir, REPORT_FILES[0]))
     with open(os.path.join(output_dir, REPORT_FILES[1]), "w") as f:
         f.write(render_markdown(rep))
     return rep

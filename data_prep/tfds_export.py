@@ -27,7 +27,7 @@ import types
 from collections.abc import Sequence
 from typing import Any
 
-from deepfake_jax import records
+from deepfake_jax.data import records
 
 VERSION = "1.0.0"
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -44,7 +44,7 @@ class Entry:
 
 def check_name(name: str) -> str:
     if not _NAME_RE.match(name or ""):
-        raise ValueError(f"--tfds-name {name!r}: TFDS names are snake_case (a-z, 0-9, _), "
+        raise ValueError(f"--tfds_name {name!r}: TFDS names are snake_case (a-z, 0-9, _), "
                          "starting with a letter")
     return name
 
@@ -120,5 +120,5 @@ def remove_previous(output_dir: str, name: str) -> None:
                 or d.startswith("incomplete.") for d in os.listdir(path))
     if not owned:
         raise ValueError(f"{path} exists and is not a TFDS dataset folder: choose another "
-                         "--output or --tfds-name")
+                         "--output or --tfds_name")
     shutil.rmtree(path)

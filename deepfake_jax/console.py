@@ -80,7 +80,3 @@ def quiet_other_processes(process_index: int) -> None:
         logging.set_verbosity(logging.WARNING)
 
 
-def add_argument(parser) -> None:
-    """`--verbose` for an argparse CLI (pass `args.verbose` to `setup`)."""
-    parser.add_argument("--verbose", action="store_true",
-                        help="also print the libraries' INFO lines and warnings")

@@ -7,125 +7,23 @@
 The threshold is chosen on the validation split of the run's own training data and applied
 unchanged to every evaluated split (cross-dataset included). Each dataset/split gets
 `<workdir>/eval/<dataset>/<split>/` with metrics.json (bootstrap 95% intervals, ECE),
-predictions.csv and the plots.
-"""
+predictions.csv and the plots."""
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from typing import Any
 
 import jax
-import ml_collections
-from absl import app, flags, logging
+from absl import logging
 
-from deepfake_jax import (
-    checkpointing,
-    console,
-    datasets,
-    domain_mix,
-    evaluators,
-    input_pipeline,
-    logging_utils,
-    records,
-    sharding,
-    train,
-)
-
-FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "A training workdir (config.json + checkpoints/).")
-flags.DEFINE_string("checkpoint", "latest", "latest, best (by the run's validation metric: "
-                    "AUC, or mIoU for face parsing) or a step.")
-flags.DEFINE_bool("use_ema", None, "Evaluate EMA weights (default: the run's config.eval).")
-flags.DEFINE_string("split", "test", "Split to evaluate in each dataset.")
-flags.DEFINE_multi_string("data", None, "Converted dataset folders (default: the run's own).")
-flags.DEFINE_enum("threshold_method", None, ["eer", "max_f1", "fixed"],
-                  "How validation picks the threshold (default: the run's config.eval).")
-flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples for 95% intervals (0: none).")
-flags.DEFINE_bool("robustness", False, "Also sweep JPEG/blur/resize/noise corruptions.")
-
-
-def load_run_config(workdir: str, checkpoint: str | int | None = "latest"
-                    ) -> ml_collections.ConfigDict:
-    """The config to rebuild the run's model with: that of the run which saved `checkpoint`
-    (latest, best or a step; see `run_config_at`), so a later rerun that failed or changed the
-    model never takes its place. The newest recorded config (`config.json`, or the newest
-    `config.N.json`) when `checkpoint` is None or the workdir has no checkpoint yet."""
-    if not os.path.isdir(workdir):
-        raise FileNotFoundError(f"--workdir {workdir} does not exist: give a training workdir "
-                                "(the --workdir of python -m deepfake_jax.main)")
-    paths = logging_utils.config_files(workdir)
-    if not paths:
-        raise FileNotFoundError(f"{workdir} has no config.json: is it a training workdir?")
-    newest = _read_config(paths[-1])
-    if checkpoint is None or not os.path.isdir(os.path.join(workdir, "checkpoints")):
-        return newest
-    ckpt = checkpointing.open_run(workdir, newest)
-    try:
-        if not ckpt.all_steps():
-            return newest
-        name = logging_utils.config_for_step(workdir, ckpt, ckpt.select(checkpoint))
-    finally:
-        ckpt.close()
-    return newest if name == os.path.basename(paths[-1]) else _read_config(
-        os.path.join(workdir, name))
-
-
-def _read_config(path: str) -> ml_collections.ConfigDict:
-    try:
-        with open(path) as f:
-            return ml_collections.ConfigDict(json.load(f))
-    except (OSError, ValueError) as e:
-        raise ValueError(f"cannot read the run config {path}: {checkpointing.one_line(e)}") from e
-
-
-def run_config_at(workdir: str, checkpoint: str | int = "latest"
-                  ) -> tuple[ml_collections.ConfigDict, int]:
-    """(config of the run that saved the checkpoint, its step); `checkpoint`: latest, best or
-    a step. A later rerun's config (one that changed the model, say) never replaces it."""
-    workdir = os.path.abspath(workdir)
-    newest = load_run_config(workdir, None)
-    ckpt = checkpointing.open_run(workdir, newest)
-    try:
-        step = ckpt.select(checkpoint)
-        name = logging_utils.config_for_step(workdir, ckpt, step)
-    finally:
-        ckpt.close()
-    return _read_config(os.path.join(workdir, name)), step
-
-
-def run_dataset_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
-    """The run's converted dataset; with `config.data.mix`, a label for the domains (the files
-    come from `datasets.split_files`)."""
-    if config.data.get("mix"):
-        return domain_mix.describe(domain_mix.parse_mix(config.data.mix))
-    return config.data.get("dir") or os.path.join(workdir, "data", "arrayrecord")
-
-
-def restore_state(config, workdir: str, checkpoint: str | int, mesh):
-    """(graphdef, state, step) restored onto `mesh`, whatever device count wrote it;
-    `checkpoint`: latest, best (by the run's own metric: val_roc_auc / val_miou) or a step.
-
-    The model and optimizer are rebuilt from the config of the run that saved that checkpoint
-    (`config` when the workdir does not say which), not from a later rerun's."""
-    ckpt = checkpointing.open_run(workdir, config)
-    try:
-        step = ckpt.select(checkpoint)
-        name = logging_utils.config_for_step(workdir, ckpt, step)
-        if name is not None:
-            config = _read_config(os.path.join(workdir, name))
-        # Only the optimizer state's structure matters here (the restore target), not the
-        # lengths.
-        tx, _ = train.build_optimizer(config.optimizer, max(int(config.get("num_train_steps")
-                                                                or 1), 1),
-                                      model=train.abstract_model(config), steps_per_epoch=1)
-        graphdef, abstract, _ = train.create_train_state(config, mesh, tx, abstract_only=True)
-        state, _ = ckpt.restore(step, abstract)
-    finally:
-        ckpt.close()
-    return graphdef, state, step
+from deepfake_jax import cli, console
+from deepfake_jax.data import datasets, domain_mix, input_pipeline, parsing_pipeline, records
+from deepfake_jax.evaluation import evaluators
+from deepfake_jax.runs import load_run_config, restore_weights, run_config_at, run_dataset_dir
+from deepfake_jax.tasks import classification, segmentation
+from deepfake_jax.training import sharding
 
 
 def evaluate_checkpoint(workdir: str, *, checkpoint: str = "latest", use_ema: bool | None = None,
@@ -138,8 +36,8 @@ def evaluate_checkpoint(workdir: str, *, checkpoint: str = "latest", use_ema: bo
     config, step = run_config_at(workdir, checkpoint)
     if config.get("task", "classification") != "classification":
         raise ValueError(f"{workdir} is a {config.task} run (config.task = {config.task!r}), not "
-                         "a real/fake classifier: evaluate it with python -m "
-                         f"deepfake_jax.seg_train --workdir {workdir}")
+                         "a real/fake classifier: its metrics come from "
+                         "evaluate_parsing_checkpoint")
     use_ema = bool(config.eval.use_ema) if use_ema is None else use_ema
     threshold_method = threshold_method or config.eval.threshold_method
     own = run_dataset_dir(config, workdir)
@@ -154,8 +52,9 @@ def evaluate_checkpoint(workdir: str, *, checkpoint: str = "latest", use_ema: bo
     mesh = sharding.make_mesh(None, devices=devices)
     batch_size = config.input.eval_batch_size
     batch_size -= batch_size % mesh.shape[sharding.DATA_AXIS]  # fits any device count
-    graphdef, state, step = restore_state(config, workdir, step, mesh)
-    evals = train.make_eval_steps(config, mesh, graphdef, jax.tree.map(lambda x: x.sharding,
+    graphdef, state, step = restore_weights(config, workdir, step, mesh)
+    evals = classification.make_eval_steps(config, mesh, graphdef, jax.tree.map(
+        lambda x: x.sharding,
                                                                         state))
     preprocess = input_pipeline.Preprocess.from_config(config.input)
     results = {}
@@ -241,40 +140,89 @@ def summary_table(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not FLAGS.workdir:
-        sys.exit("--workdir is required")
-    console.setup()
+def evaluate_parsing_checkpoint(workdir: str, *, checkpoint: str = "latest",
+                                split: str = "test", use_ema: bool | None = None,
+                                show_progress: bool = False) -> dict[str, Any]:
+    """Face-parsing metrics of one split for a saved checkpoint, written to
+    `<workdir>/eval/step_<step>/<split>/` (the trainer's final evaluation code)."""
+    workdir = os.path.abspath(workdir)
+    config = load_run_config(workdir, checkpoint)
+    if config.get("task") != "segmentation":
+        raise ValueError(f"{workdir} is not a face-parsing run (config.task = "
+                         f"{config.get('task', 'classification')!r})")
+    use_ema = bool(config.eval.use_ema) if use_ema is None else use_ema
+    mesh = sharding.make_mesh(None)
+    batch_size = config.input.eval_batch_size
+    batch_size -= batch_size % mesh.shape[sharding.DATA_AXIS]
+    graphdef, state, step = restore_weights(config, workdir, checkpoint, mesh)
+    evals = segmentation.make_eval_steps(config, mesh, graphdef,
+                                         jax.tree.map(lambda x: x.sharding, state))
+    files = records.split_files(run_dataset_dir(config, workdir), split)
+    return segmentation.evaluate_split(
+        evals[use_ema], state, mesh, files,
+        parsing_pipeline.SegPreprocess.from_config(config.input),
+        max(batch_size, mesh.shape[sharding.DATA_AXIS]),
+        os.path.join(workdir, "eval", f"step_{step}", split), num_classes=int(config.num_classes),
+        extra={"split": split, "use_ema": use_ema, "checkpoint_step": step},
+        progress=f"scoring {split}" if show_progress else None)
+
+
+def parsing_report(workdir: str, *, checkpoint: str = "latest", split: str = "test",
+                   use_ema: bool | None = None) -> int:
+    """Evaluates a face-parsing run and prints the summary and per-class IoU/F1."""
+    m = evaluate_parsing_checkpoint(workdir, checkpoint=checkpoint, split=split,
+                                    use_ema=use_ema, show_progress=True)
+    print(f"step {m['checkpoint_step']} {split}: {segmentation.summary_line(m)}")
+    for name, c in m["per_class"].items():
+        if c["iou"] is not None:
+            print(f"  {name:10s} IoU {c['iou']:.4f}  F1 {c['f1']:.4f}")
+    return 0
+
+
+def build_parser() -> cli.ArgumentParser:
+    p = cli.ArgumentParser("python -m deepfake_jax.evaluate", __doc__)
+    p.add_argument("--workdir", required=True,
+                   help="a training workdir (config.json + checkpoints/)")
+    p.add_argument("--checkpoint", default="latest", help="latest, best (by the run's "
+                   "validation metric: AUC, or mIoU for face parsing) or a step")
+    p.add_bool("use_ema", None, "evaluate the EMA weights (default: the run's config.eval)")
+    p.add_argument("--split", default="test", help="split to evaluate in each dataset")
+    p.add_argument("--data", action="append", help="a converted dataset folder, repeatable "
+                   "(default: the run's own); classifiers only")
+    p.add_argument("--threshold_method", choices=("eer", "max_f1", "fixed"),
+                   help="how validation picks the threshold (default: the run's config.eval)")
+    p.add_argument("--bootstrap", type=int, default=1000,
+                   help="bootstrap resamples for 95%% intervals (0: none)")
+    p.add_bool("robustness", False, "also sweep JPEG/blur/resize/noise corruptions")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    console.setup(args.verbose)
     try:
-        return _main()
+        return _main(args)
     except (OSError, ValueError) as e:  # not a run, no/damaged checkpoint, bad --checkpoint,
-        if console.verbose_requested():  # --split or --data: one line (--verbose: traceback)
+        if args.verbose:  # --split or --data: one line (--verbose: the traceback)
             raise
         sys.exit(f"error: {e}")
 
 
-def _main():
-    if load_run_config(FLAGS.workdir).get("task") == "segmentation":
-        # A face-parsing run: its metrics are mIoU/F1, not thresholds, so hand over to its own
-        # evaluator; the classifier-only flags have no meaning there.
-        # Run as `python -m`, this module is __main__: register it under its package name so
-        # that seg_train's `from deepfake_jax import evaluate` does not define the flags twice.
-        sys.modules.setdefault("deepfake_jax.evaluate", sys.modules[__name__])
-        from deepfake_jax import seg_train
-
-        unusable = [f"--{name}" for name in ("data", "threshold_method", "robustness")
-                    if FLAGS[name].present]
+def _main(args) -> int:
+    if load_run_config(args.workdir).get("task") == "segmentation":
+        # A face-parsing run: its metrics are mIoU/F1, not thresholds.
+        unusable = [f"--{name}" for name in ("data", "threshold_method")
+                    if getattr(args, name) is not None] + (["--robustness"] if args.robustness
+                                                           else [])
         if unusable:
-            sys.exit(f"{' '.join(unusable)}: classifier-only; {FLAGS.workdir} is a face-parsing "
-                     f"run, see python -m deepfake_jax.seg_train --help")
-        return seg_train.report(FLAGS.workdir, checkpoint=FLAGS.checkpoint, split=FLAGS.split,
-                                use_ema=FLAGS.use_ema)
+            sys.exit(f"{' '.join(unusable)}: classifier-only; {args.workdir} is a face-parsing "
+                     "run")
+        return parsing_report(args.workdir, checkpoint=args.checkpoint, split=args.split,
+                              use_ema=args.use_ema)
     results = evaluate_checkpoint(
-        FLAGS.workdir, checkpoint=FLAGS.checkpoint, use_ema=FLAGS.use_ema, split=FLAGS.split,
-        data=FLAGS.data, threshold_method=FLAGS.threshold_method, bootstrap=FLAGS.bootstrap,
-        show_progress=True, robustness=FLAGS.robustness)
+        args.workdir, checkpoint=args.checkpoint, use_ema=args.use_ema, split=args.split,
+        data=args.data, threshold_method=args.threshold_method, bootstrap=args.bootstrap,
+        show_progress=True, robustness=args.robustness)
     print(summary_table(results))
     for name, m in results.items():
         print(f"{name}: {m['dataset']} -> {m['out_dir']}")
@@ -285,7 +233,8 @@ def _main():
         if "robustness" in m:
             print(f"\nrobustness of {name}/{m['split']} (threshold {m['threshold']:.4f}):")
             print(evaluators.format_robustness(m["robustness"]))
+    return 0
 
 
 if __name__ == "__main__":
-    app.run(main)
+    sys.exit(main())

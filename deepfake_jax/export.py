@@ -10,7 +10,7 @@ Writes `model.jaxexport`, a serialized `jax.export.Exported` of
 with the checkpoint's weights baked in as constants, S the run's crop size and a symbolic
 batch dimension (any batch size, no re-tracing), and `model.jaxexport.json` beside it (crop
 size, resize_to, mean/std, the validation threshold, model, checkpoint step). Load it with
-`deepfake_jax.serving.load_exported`, which needs only jax and numpy.
+`deepfake_jax.inference.serving.load_exported`, which needs only jax and numpy.
 
 The artifact runs on the platforms it was lowered for (default: this machine's backend; pass
 `--platforms cpu,cuda` for both). Weights are embedded, so models beyond ~1 GB of float32
@@ -19,9 +19,7 @@ parameters approach the 2 GB serialization limit.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
-import json
 import os
 import sys
 import time
@@ -31,7 +29,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from deepfake_jax import console, evaluate, input_pipeline, predict, serving, sharding, train
+from deepfake_jax import cli, console, json_io, runs
+from deepfake_jax.data import input_pipeline, normalization
+from deepfake_jax.inference import serving
+from deepfake_jax.tasks import classification
+from deepfake_jax.training import sharding
 
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")  # what jax.export lowers for
 
@@ -56,7 +58,7 @@ def serving_function(graphdef, params, batch_stats, mean, std, flip_tta: bool = 
 
     def serve(images):
         model = nnx.merge(graphdef, params, batch_stats)
-        return train.p_fake_of_images(model, images, mean, std, flip_tta)
+        return classification.p_fake_of_images(model, images, mean, std, flip_tta)
 
     return serve
 
@@ -66,15 +68,14 @@ def export_run(workdir: str, output: str, *, checkpoint: str = "latest",
     """Writes the artifact and its sidecar JSON; returns the metadata."""
     platforms = parse_platforms(platforms)
     workdir = os.path.abspath(workdir)
-    config = evaluate.load_run_config(workdir, checkpoint)
+    config = runs.load_run_config(workdir, checkpoint)
     use_ema = bool(config.eval.use_ema) if use_ema is None else bool(use_ema)
     mesh = sharding.make_mesh(None, devices=jax.local_devices()[:1])
-    graphdef, state, step = evaluate.restore_state(config, workdir, checkpoint, mesh)
+    graphdef, state, step = runs.restore_weights(config, workdir, checkpoint, mesh)
     params, batch_stats = jax.device_get(
         (state.ema_params, state.ema_batch_stats) if use_ema else (state.params,
                                                                      state.batch_stats))
-    mean = tuple(float(v) for v in config.input.get("mean", train.IMAGENET_MEAN))
-    std = tuple(float(v) for v in config.input.get("std", train.IMAGENET_STD))
+    mean, std = normalization.mean_std(config.input)
     size = input_pipeline.eval_crop_size(config.input)
     flip_tta = bool(config.eval.get("flip_tta", False))
 
@@ -84,7 +85,7 @@ def export_run(workdir: str, output: str, *, checkpoint: str = "latest",
     exported = jax.export.export(serve, platforms=platforms)(spec)
     blob = exported.serialize()
 
-    threshold, source = predict.find_threshold(workdir)
+    threshold, source = runs.find_threshold(workdir, config.data.val_split)
     if source.startswith("default"):
         threshold, source = None, "none: the run has no evaluation metrics.json"
     metadata = {
@@ -114,9 +115,7 @@ def export_run(workdir: str, output: str, *, checkpoint: str = "latest",
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     with open(output, "wb") as f:
         f.write(blob)
-    with open(serving.metadata_path(output), "w") as f:
-        json.dump(metadata, f, indent=1)
-        f.write("\n")
+    json_io.write_json(metadata, serving.metadata_path(output), indent=1)
     return metadata
 
 
@@ -124,11 +123,11 @@ def flax_p_fake(workdir: str, images: np.ndarray, *, checkpoint: str = "latest",
                 use_ema: bool | None = None) -> np.ndarray:
     """p_fake of uint8 crop-size images by the trainer's own eval step (the reference)."""
     workdir = os.path.abspath(workdir)
-    config = evaluate.load_run_config(workdir, checkpoint)
+    config = runs.load_run_config(workdir, checkpoint)
     use_ema = bool(config.eval.use_ema) if use_ema is None else bool(use_ema)
     mesh = sharding.make_mesh(None, devices=jax.local_devices()[:1])
-    graphdef, state, _ = evaluate.restore_state(config, workdir, checkpoint, mesh)
-    evals = train.make_eval_steps(config, mesh, graphdef,
+    graphdef, state, _ = runs.restore_weights(config, workdir, checkpoint, mesh)
+    evals = classification.make_eval_steps(config, mesh, graphdef,
                                   jax.tree.map(lambda x: x.sharding, state))
     batch = sharding.host_to_global(mesh, {"image": np.asarray(images, np.uint8),
                                            "label": np.zeros((len(images),), np.int32)})
@@ -147,19 +146,14 @@ def parity_check(workdir: str, output: str, *, checkpoint: str = "latest",
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m deepfake_jax.export",
-                                     description=__doc__.split("\n\n")[0])
+    parser = cli.ArgumentParser("python -m deepfake_jax.export", __doc__.split("\n\n")[0])
     parser.add_argument("--workdir", required=True, help="a training workdir")
     parser.add_argument("--output", required=True, help="artifact path, e.g. model.jaxexport")
     parser.add_argument("--checkpoint", default="latest", help="latest, best or a step")
-    ema = parser.add_mutually_exclusive_group()
-    ema.add_argument("--use_ema", dest="use_ema", action="store_const", const=True,
-                     default=None, help="export the EMA weights (default: the run's config)")
-    ema.add_argument("--nouse_ema", dest="use_ema", action="store_const", const=False,
-                     help="export the raw weights")
+    parser.add_bool("use_ema", None, "export the EMA weights (--nouse_ema: the raw ones; "
+                    "default: the run's config)")
     parser.add_argument("--platforms", default=None,
                         help="comma-separated: cpu, cuda, rocm, tpu (default: this backend)")
-    console.add_argument(parser)
     args = parser.parse_args(argv)
     console.setup(args.verbose)
     try:

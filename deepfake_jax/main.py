@@ -5,7 +5,8 @@ Any config value can be overridden: --config.input.batch_size=128 --config.data.
 
 import sys
 
-from deepfake_jax import huge_pages
+from deepfake_jax import tasks
+from deepfake_jax.training import huge_pages
 
 if __name__ == "__main__":
     huge_pages.reexec_with_huge_pages()  # before JAX allocates anything (see huge_pages.py)
@@ -13,7 +14,8 @@ if __name__ == "__main__":
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from deepfake_jax import console, distributed, train  # noqa: E402
+from deepfake_jax import console
+from deepfake_jax.training import distributed  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and evaluation go.")
@@ -39,11 +41,11 @@ def main(argv):
     distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     try:
         if FLAGS.config.get("kfold", 0) > 1:
-            from deepfake_jax import kfold
+            from deepfake_jax.experiments import kfold
 
             summary = kfold.run_kfold(FLAGS.config, FLAGS.workdir)
         else:
-            summary = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+            summary = tasks.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except (OSError, ValueError) as e:  # bad data, config, workdir or checkpoint: one line
         if console.verbose_requested():
             raise

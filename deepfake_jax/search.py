@@ -38,7 +38,8 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from deepfake_jax import console, datasets, train
+from deepfake_jax import console, json_io, tasks
+from deepfake_jax.data import datasets
 
 FLAGS = flags.FLAGS
 STUDY_NAME = "deepfake_jax"
@@ -155,7 +156,7 @@ def run_search(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str
         trial.set_user_attr("workdir", run_dir)
         logging.info("trial %d: %s -> %s", trial.number, params, run_dir)
         start = time.time()
-        train.train_and_evaluate(trial_config(config, params, data_dir), run_dir)
+        tasks.train_and_evaluate(trial_config(config, params, data_dir), run_dir)
         val, test = _metrics(run_dir, search.split), _metrics(run_dir, config.data.test_split)
         if val is None or val.get(search.metric) is None:
             raise ValueError(f"{run_dir}: no {search.metric} in eval/{search.split}/metrics.json")
@@ -181,8 +182,7 @@ def run_search(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str
 
 
 def _write_results(rows, search, workdir: str) -> None:
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump(rows, f, indent=2)
+    json_io.write_json(rows, os.path.join(workdir, "results.json"))
     with open(os.path.join(workdir, "results.md"), "w") as f:
         f.write(f"# Hyper-parameter search ({search.direction} {search.split} "
                 f"{search.metric})\n\n{format_results(rows, search)}\n")

@@ -1,18 +1,18 @@
 """Face parsing of image files with a trained run (`config.task = "segmentation"`).
 
     python -m deepfake_jax.segment --workdir runs/parsing IMAGE_OR_DIR... --output OUTDIR
-        [--checkpoint latest|best|STEP] [--face-crop] [--recursive] [--batch-size 16]
-        [--min-face-fraction 0.02]
+        [--checkpoint latest|best|STEP] [--face_crop] [--recursive] [--batch_size 16]
+        [--min_face_fraction 0.02]
 
 Per readable image with a face, in OUTDIR: `<stem>_mask.png` (colour-coded classes,
-`segmentation.PALETTE`), `<stem>_labels.png` (class indices, 8-bit), `<stem>_overlay.png`,
+`classes.PALETTE`), `<stem>_labels.png` (class indices, 8-bit), `<stem>_overlay.png`,
 crops `<stem>_<region>.png` for left_eye, right_eye, nose and lips (where present), and
 `<stem>.json`: status, image size, face box, per-region box [x0, y0, x1, y1] (exclusive end)
 and area in pixels, per-class areas. Every input file gets a JSON with its status:
 
     ok        parsed; the files above were written
-    no_face   no face: with --face-crop, OpenCV's detector found none; otherwise the parser
-              labelled less than --min-face-fraction of the image as face classes
+    no_face   no face: with --face_crop, OpenCV's detector found none; otherwise the parser
+              labelled less than --min_face_fraction of the image as face classes
     error     the file could not be read or decoded (the reason is in the JSON and summary)
 
 `summary.json` lists every file; a one-screen summary is printed at the end. Exit status 1 only
@@ -21,89 +21,35 @@ if no input was readable.
 Python API (the heatmap explainer and the web app use it)::
 
     parser = FaceParser(workdir, checkpoint="latest")   # restores and compiles once
-    labels = parser.parse(images_uint8_nhwc)             # int32 (N, H, W) at the input size
-"""
+    labels = parser.parse(images_uint8_nhwc)             # int32 (N, H, W) at the input size"""
 
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 from collections import Counter
 from typing import Any
 
 import cv2
-import jax
 import numpy as np
 import tqdm
 
-from deepfake_jax import console, evaluate, faces, seg_train, segmentation, sharding
-from deepfake_jax.image_io import ImageDecodeError, decode_image_rgb, list_images, read_image_file
+from deepfake_jax import cli, console, json_io
+from deepfake_jax.data.image_io import (
+    ImageDecodeError,
+    decode_image_rgb,
+    list_images,
+    read_image_file,
+)
+from deepfake_jax.parsing import classes, faces, label_maps
+from deepfake_jax.parsing.parser import FaceParser
 
 FACE_MARGIN = 0.3
+
+
 # Classes that make a face (not background, clothes, neck or hair): used to decide no_face.
 FACE_CLASSES = ("skin", "l_brow", "r_brow", "l_eye", "r_eye", "nose", "mouth", "u_lip", "l_lip")
-
-
-class FaceParser:
-    """A trained face-parsing run, restored once; `parse` runs its jitted eval step.
-
-    Images of any size are resized to the run's `input.image_size` (area filter down, linear
-    up) and the label maps resized back (nearest), so labels match the input pixels.
-    """
-
-    def __init__(self, workdir: str, checkpoint: str = "latest", use_ema: bool | None = None,
-                 batch_size: int = 16, devices: list | None = None):
-        self.workdir = os.path.abspath(workdir)
-        config = evaluate.load_run_config(self.workdir, checkpoint)
-        if config.get("task", "classification") != "segmentation":
-            raise ValueError(f"{self.workdir} is not a face-parsing run (config.task = "
-                             f"{config.get('task', 'classification')!r})")
-        self.config = config
-        self.image_size = int(config.input.image_size)
-        self.num_classes = int(config.num_classes)
-        self.mesh = sharding.make_mesh(None, devices=jax.local_devices() if devices is None
-                                       else devices)
-        n = self.mesh.shape[sharding.DATA_AXIS]
-        self.batch_size = max(1, math.ceil(max(1, int(batch_size)) / n)) * n
-        graphdef, self.state, self.step = evaluate.restore_state(config, self.workdir,
-                                                                 checkpoint, self.mesh)
-        use_ema = bool(config.eval.use_ema) if use_ema is None else bool(use_ema)
-        evals = seg_train.make_eval_steps(config, self.mesh, graphdef,
-                                          jax.tree.map(lambda x: x.sharding, self.state))
-        self._eval = evals[use_ema]
-
-    def _model_view(self, image: np.ndarray) -> np.ndarray:
-        s = self.image_size
-        if image.shape[:2] == (s, s):
-            return image
-        interp = cv2.INTER_AREA if min(image.shape[:2]) > s else cv2.INTER_LINEAR
-        return cv2.resize(image, (s, s), interpolation=interp)
-
-    def parse(self, images: np.ndarray | list[np.ndarray]) -> np.ndarray:
-        """uint8 RGB (N, H, W, 3) (or a list of same-sized images) -> int32 (N, H, W) labels."""
-        images = np.asarray(images)
-        if images.ndim != 4 or images.shape[-1] != 3:
-            raise ValueError(f"expected uint8 RGB images (N, H, W, 3), got shape {images.shape}")
-        if images.dtype != np.uint8:
-            raise ValueError(f"expected uint8 images, got {images.dtype}")
-        out = np.zeros(images.shape[:3], np.int32)
-        h, w = images.shape[1:3]
-        for start in range(0, len(images), self.batch_size):
-            chunk = images[start:start + self.batch_size]
-            batch = np.zeros((self.batch_size, self.image_size, self.image_size, 3), np.uint8)
-            batch[:len(chunk)] = [self._model_view(im) for im in chunk]
-            arr = sharding.host_to_global(self.mesh, {"image": batch})
-            labels = np.asarray(self._eval(self.state, arr))[:len(chunk)]  # padding dropped
-            for k, lab in enumerate(labels):
-                if (h, w) != lab.shape:
-                    lab = segmentation.resize_labels(lab, (w, h))
-                out[start + k] = lab
-        return out
-
-
-# ----------------------------------------------------------------------------- files
 
 
 def _write_png(path: str, rgb_or_gray: np.ndarray) -> str:
@@ -130,7 +76,7 @@ class _Stems:
 
 
 def face_fraction(label_map: np.ndarray) -> float:
-    ids = [segmentation.CLASS_INDEX[c] for c in FACE_CLASSES]
+    ids = [classes.CLASS_INDEX[c] for c in FACE_CLASSES]
     return float(np.isin(label_map, ids).mean())
 
 
@@ -139,21 +85,21 @@ def write_outputs(out_dir: str, stem: str, image: np.ndarray, label_map: np.ndar
     """Mask, labels, overlay and region crops of one parsed image; fills `row`."""
     files = {
         "mask": _write_png(os.path.join(out_dir, f"{stem}_mask.png"),
-                           segmentation.colorize(label_map)),
+                           label_maps.colorize(label_map)),
         "labels": _write_png(os.path.join(out_dir, f"{stem}_labels.png"),
                              label_map.astype(np.uint8)),
         "overlay": _write_png(os.path.join(out_dir, f"{stem}_overlay.png"),
-                              segmentation.overlay_labels(image, label_map)),
+                              label_maps.overlay_labels(image, label_map)),
     }
-    regions = segmentation.region_boxes(label_map)
+    regions = label_maps.region_boxes(label_map)
     for name, region in regions.items():
         if region["box"] is not None:
-            crop = segmentation.crop_box(image, region["box"])
+            crop = label_maps.crop_box(image, region["box"])
             region["crop"] = files[name] = _write_png(
                 os.path.join(out_dir, f"{stem}_{name}.png"), crop)
-    counts = np.bincount(label_map.reshape(-1), minlength=len(segmentation.PARSING_CLASSES))
+    counts = np.bincount(label_map.reshape(-1), minlength=len(classes.PARSING_CLASSES))
     row.update(regions=regions, files=files, class_areas={
-        n: int(c) for n, c in zip(segmentation.PARSING_CLASSES, counts, strict=False) if c})
+        n: int(c) for n, c in zip(classes.PARSING_CLASSES, counts, strict=False) if c})
     return row
 
 
@@ -170,7 +116,7 @@ def segment_paths(workdir: str, paths: list[str], out_dir: str, *, checkpoint: s
     pending: list[tuple[dict[str, Any], np.ndarray]] = []
 
     def finish(row):
-        segmentation.write_json(row, os.path.join(out_dir, f"{row['stem']}.json"))
+        json_io.write_json(row, os.path.join(out_dir, f"{row['stem']}.json"))
         rows.append(row)
 
     def flush():
@@ -190,7 +136,7 @@ def segment_paths(workdir: str, paths: list[str], out_dir: str, *, checkpoint: s
                 row["face_fraction"] = round(frac, 4)
                 if frac < min_face_fraction and not face_crop:
                     row.update(status="no_face", error=f"face classes cover {frac:.1%} of the "
-                               f"image (< --min-face-fraction {min_face_fraction:.0%})")
+                               f"image (< --min_face_fraction {min_face_fraction:.0%})")
                 else:
                     write_outputs(out_dir, row["stem"], view, lab, row)
                 finish(row)
@@ -223,7 +169,7 @@ def segment_paths(workdir: str, paths: list[str], out_dir: str, *, checkpoint: s
     flush()
     order = {path: i for i, path in enumerate(files)}
     rows.sort(key=lambda r: order[r["path"]])  # no-face/error rows were finished early
-    segmentation.write_json({"workdir": os.path.abspath(workdir), "files": rows},
+    json_io.write_json({"workdir": os.path.abspath(workdir), "files": rows},
                             os.path.join(out_dir, "summary.json"))
     return rows
 
@@ -236,7 +182,7 @@ def summary(rows: list[dict[str, Any]], out_dir: str, max_errors: int = 5) -> st
     if ok:
         found = Counter(k for r in ok for k, v in r["regions"].items() if v["box"])
         lines.append("regions found: " + ", ".join(f"{k} {found.get(k, 0)}/{len(ok)}"
-                                                   for k in segmentation.REGIONS))
+                                                   for k in classes.REGIONS))
     bad = [r for r in rows if r["status"] != "ok"]
     for r in bad[:max_errors]:
         lines.append(f"  {r['status']:8s} {r['path']}: {r['error']}")
@@ -248,19 +194,17 @@ def summary(rows: list[dict[str, Any]], out_dir: str, max_errors: int = 5) -> st
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m deepfake_jax.segment", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser("python -m deepfake_jax.segment", __doc__)
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
     p.add_argument("--workdir", required=True, help="a face-parsing training run")
     p.add_argument("--output", required=True, help="folder for masks, overlays, crops, JSON")
     p.add_argument("--checkpoint", default="latest", help="latest, best or a step number")
-    p.add_argument("--face-crop", action="store_true",
-                   help="parse the largest detected face (OpenCV) instead of the whole image")
-    p.add_argument("--recursive", action="store_true")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--min-face-fraction", type=float, default=0.02,
+    p.add_bool("face_crop", False,
+               "parse the largest detected face (OpenCV) instead of the whole image")
+    p.add_bool("recursive", False, "also walk the subfolders of the folders given")
+    p.add_argument("--batch_size", type=int, default=16)
+    p.add_argument("--min_face_fraction", type=float, default=0.02,
                    help="below this share of face-class pixels an image has no face")
-    console.add_argument(p)
     return p
 
 

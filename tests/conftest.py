@@ -51,13 +51,13 @@ def trained_workdir(tmp_path_factory, tiny_dataset):
     import jax
 
     from configs import default
-    from deepfake_jax import train
+    from deepfake_jax import tasks
 
     workdir = str(tmp_path_factory.mktemp("trained"))
     config = default.get_config("tiny")
     config.data.dir = tiny_dataset
     assert jax.device_count() == 8
-    summary = train.train_and_evaluate(config, workdir)
+    summary = tasks.train_and_evaluate(config, workdir)
     return workdir, summary
 
 
@@ -67,9 +67,9 @@ def parsing_run(tmp_path_factory):
     import jax
 
     from configs import bisenet_face_parsing
-    from deepfake_jax import train
+    from deepfake_jax import tasks
 
     workdir = str(tmp_path_factory.mktemp("parsing_run"))
     config = bisenet_face_parsing.get_config("tiny")
     assert jax.device_count() == 8
-    return workdir, train.train_and_evaluate(config, workdir)
+    return workdir, tasks.train_and_evaluate(config, workdir)

@@ -21,20 +21,20 @@ def _install(spec: str) -> None:
     fire = lambda: os.kill(os.getpid(), sig)  # noqa: E731
 
     if where == "train":
-        from deepfake_jax import logging_utils
+        from deepfake_jax.training import metric_writer
 
-        write = logging_utils.MetricWriter.write
+        write = metric_writer.MetricWriter.write
 
         def write_then_signal(self, at, kind, values):
             write(self, at, kind, values)
             if kind == "train" and at == step:
                 fire()
 
-        logging_utils.MetricWriter.write = write_then_signal
+        metric_writer.MetricWriter.write = write_then_signal
     elif where == "save":
         import grain
 
-        from deepfake_jax import checkpointing
+        from deepfake_jax.training import checkpointing
 
         saving = {"step": None}
         save = checkpointing.Checkpointer.save

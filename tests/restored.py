@@ -8,11 +8,11 @@ def assert_latest_checkpoints_close(workdir: str, reference_dir: str, mesh, *, f
                                     atol: float = 1e-6) -> None:
     """Restores both runs' latest checkpoint (with `workdir`'s run config) on `mesh` and
     asserts every leaf of the given TrainState fields matches to `atol`."""
-    from deepfake_jax import evaluate
+    from deepfake_jax import runs
 
-    config = evaluate.load_run_config(workdir)
-    _, state, _ = evaluate.restore_state(config, workdir, "latest", mesh)
-    _, ref_state, _ = evaluate.restore_state(config, reference_dir, "latest", mesh)
+    config = runs.load_run_config(workdir)
+    _, state, _ = runs.restore_weights(config, workdir, "latest", mesh)
+    _, ref_state, _ = runs.restore_weights(config, reference_dir, "latest", mesh)
     got = jax.tree.leaves([getattr(state, f) for f in fields])
     want = jax.tree.leaves([getattr(ref_state, f) for f in fields])
     assert len(got) == len(want) > 0, (len(got), len(want))

@@ -2,10 +2,10 @@
 
     pip install -e '.[app]'
     python -m deepfake_jax.app --workdir runs/demo [--workdir runs/other ...]
-        [--segmentation-workdir runs/parsing] [--checkpoint latest|best|STEP]
-        [--host 127.0.0.1] [--port 8000] [--max-upload-mb 32] [--max-megapixels 40]
+        [--segmentation_workdir runs/parsing] [--checkpoint latest|best|STEP]
+        [--host 127.0.0.1] [--port 8000] [--max_upload_mb 32] [--max_megapixels 40]
 
-Modules: `runs` (models restored and compiled once at start-up, evaluation reports on disk),
+Modules: `loaded_runs` (models restored and compiled once at start-up, evaluation reports on disk),
 `analysis` (uploads -> per-image results, scored in batches through predict's code path),
 `web` (Flask routes and pages), `__main__` (the command line).
 """

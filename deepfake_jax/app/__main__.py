@@ -9,35 +9,35 @@ import time
 
 from absl import logging
 
-from deepfake_jax import console, image_io
+from deepfake_jax import cli, console
+from deepfake_jax.data import image_io
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m deepfake_jax.app", description=(
+    p = cli.ArgumentParser(prog="python -m deepfake_jax.app", description=(
         "Local web app: upload face images, get p_fake and real/fake labels from trained runs, "
         "heatmaps, face parsing, and each run's evaluation report."))
     p.add_argument("--workdir", action="append", required=True, metavar="DIR",
                    help="a training workdir (config.json + checkpoints/); repeat for several")
-    p.add_argument("--segmentation-workdir", metavar="DIR",
+    p.add_argument("--segmentation_workdir", metavar="DIR",
                    help="a face-parsing run (deepfake_jax.segment) for the parsing overlay and "
                         "the heatmap's share per face region")
     p.add_argument("--checkpoint", default="latest", help="latest, best or a step (every run)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default: this machine only; the app has no login)")
     p.add_argument("--port", type=int, default=8000, help="port (0: any free one)")
-    p.add_argument("--batch-size", type=int, default=16, help="images per jitted step")
-    p.add_argument("--max-upload-mb", type=float, default=32, help="limit of one upload")
-    p.add_argument("--max-megapixels", type=float, default=40, help="limit per image")
-    console.add_argument(p)
+    p.add_argument("--batch_size", type=int, default=16, help="images per jitted step")
+    p.add_argument("--max_upload_mb", type=float, default=32, help="limit of one upload")
+    p.add_argument("--max_megapixels", type=float, default=40, help="limit per image")
     args = p.parse_args(argv)
-    for name, value in (("--max-upload-mb", args.max_upload_mb),
-                        ("--max-megapixels", args.max_megapixels),
-                        ("--batch-size", args.batch_size)):
+    for name, value in (("--max_upload_mb", args.max_upload_mb),
+                        ("--max_megapixels", args.max_megapixels),
+                        ("--batch_size", args.batch_size)):
         if not value > 0 or value == float("inf"):  # also refuses nan
             p.error(f"{name} must be a positive number, got {value:g}")
     limit = image_io.MAX_PIXELS / 1e6
     if args.max_megapixels > limit:
-        p.error(f"--max-megapixels {args.max_megapixels:g} is above the {limit:g} megapixels "
+        p.error(f"--max_megapixels {args.max_megapixels:g} is above the {limit:g} megapixels "
                 "that image decoding accepts per image")
     if args.port < 0 or args.port > 65535:
         p.error(f"--port must be 0-65535, got {args.port}")
@@ -46,7 +46,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def load_everything(args) -> tuple[list, object, list[str]]:
     """(runs, face parsing or None, notes on what is not available). Exits on a bad workdir."""
-    from deepfake_jax.app import runs as runs_lib
+    from deepfake_jax.app import loaded_runs as runs_lib
 
     notes = []
     runs = []
@@ -56,9 +56,9 @@ def load_everything(args) -> tuple[list, object, list[str]]:
                                            batch_size=args.batch_size))
         except (FileNotFoundError, ValueError) as e:  # not a run, no checkpoint, bad step
             sys.exit(f"error: --workdir {workdir}: {e}")
-    explain = runs_lib.optional_module("deepfake_jax.explain")
+    explain = runs_lib.optional_module("deepfake_jax.inference.explain")
     if explain is None:
-        notes.append("Heatmaps: not available (deepfake_jax.explain is not installed).")
+        notes.append("Heatmaps: not available (deepfake_jax.inference.explain is not installed).")
     else:
         for run in runs:
             try:
@@ -69,20 +69,16 @@ def load_everything(args) -> tuple[list, object, list[str]]:
                              f"({type(e).__name__}: {e}).")
     parsing = None
     if not args.segmentation_workdir:
-        notes.append("Face parsing: off (start the app with --segmentation-workdir DIR for the "
+        notes.append("Face parsing: off (start the app with --segmentation_workdir DIR for the "
                      "parsing overlay and the heatmap's share per face region).")
     else:
-        segment = runs_lib.optional_module("deepfake_jax.segment")
-        segmentation = runs_lib.optional_module("deepfake_jax.segmentation")
-        if segment is None or segmentation is None:
-            notes.append("Face parsing: not available (deepfake_jax.segment / "
-                         "deepfake_jax.segmentation are not installed).")
-        else:
-            try:
-                parsing = runs_lib.FaceParsing(segment, segmentation, args.segmentation_workdir,
-                                               checkpoint="latest")
-            except (FileNotFoundError, ValueError) as e:
-                sys.exit(f"error: --segmentation-workdir {args.segmentation_workdir}: {e}")
+        from deepfake_jax.parsing import label_maps, parser
+
+        try:
+            parsing = runs_lib.FaceParsing(parser, label_maps, args.segmentation_workdir,
+                                           checkpoint="latest")
+        except (FileNotFoundError, ValueError) as e:
+            sys.exit(f"error: --segmentation_workdir {args.segmentation_workdir}: {e}")
     return runs, parsing, notes
 
 

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 from werkzeug.utils import secure_filename
 
-from deepfake_jax.image_io import ImageDecodeError, ImageSizeError, probe_image
+from deepfake_jax.data.image_io import ImageDecodeError, ImageSizeError, probe_image
 
 ALLOWED_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 DISPLAY_SIDE = 160  # small views are enlarged (nearest neighbour: pixels stay honest) to this
@@ -109,7 +109,7 @@ def _view_error(e: Exception) -> str:
 def analyse(uploads: list[Upload], runs: list, *, face_crop: bool = False,
             max_pixels: int = 40_000_000, parser=None) -> list[ImageResult]:
     """One ImageResult per upload, in order. `runs` are `LoadedRun`s; `parser` an optional
-    `FaceParsing` (see runs.py) for the parsing overlay and region shares."""
+    `FaceParsing` (see loaded_runs.py) for the parsing overlay and region shares."""
     results = [ImageResult(u.filename or "(unnamed file)") for u in uploads]
     views: list[list[np.ndarray | None]] = [[None] * len(uploads) for _ in runs]
     with tempfile.TemporaryDirectory(prefix="deepfake_jax_app_") as tmp:

@@ -26,7 +26,7 @@ from markupsafe import escape
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from deepfake_jax.app import analysis
-from deepfake_jax.app.runs import METRIC_KEYS
+from deepfake_jax.app.loaded_runs import METRIC_KEYS
 
 _LAYOUT = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
@@ -221,7 +221,7 @@ def create_app(runs: list, *, parsing=None, notes: list[str] | None = None,
     def too_large(_e):
         return index_page(413, message=f"The upload is larger than the limit of "
                                        f"{max_upload_mb:g} MB: send fewer or smaller files "
-                                       f"(the server's --max-upload-mb sets the limit).")
+                                       f"(the server's --max_upload_mb sets the limit).")
 
     @app.errorhandler(HTTPException)
     def http_error(e: HTTPException):

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from deepfake_jax.models import layers
-from deepfake_jax.models.layers import ParamGroups, cpu_friendly_conv
+from deepfake_jax.models.layers import Classifier, cpu_friendly_conv
 
 # variant -> (conv filters, dense width)
 _VARIANTS: dict[str, tuple[tuple[int, int, int], int]] = {
@@ -46,7 +46,7 @@ def flat_size(image_size: int | tuple[int, int]) -> tuple[int, int]:
     return h3, w3
 
 
-class SmallCNN(ParamGroups, nnx.Module):
+class SmallCNN(Classifier, nnx.Module):
     """The seeds' Keras baseline CNN. See the module docstring for names and counts."""
 
     HEAD_MODULES: ClassVar[tuple[str, ...]] = ("dense1", "dense2")
@@ -115,18 +115,10 @@ class SmallCNN(ParamGroups, nnx.Module):
         differentiates ``head(pool_feature_map(.))``."""
         return fmap.reshape(fmap.shape[0], -1)
 
-    def features(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        """Flattened conv features (B, h3 * w3 * f3), channels-last order like Keras."""
-        return self.pool_feature_map(self.feature_map(x, train=train))
-
     def head(self, feats: jax.Array, *, train: bool = False,
              rngs: nnx.Rngs | None = None) -> jax.Array:
         """Dense(d, ReLU) -> Dropout -> Dense(num_classes) on flat features."""
         x = jax.nn.relu(self.dense1(feats))
         x = self.dropout(x, deterministic=not train, rngs=rngs)
         return self.dense2(x)
-
-    def __call__(self, x: jax.Array, *, train: bool = False, rngs: nnx.Rngs | None = None
-                 ) -> jax.Array:
-        return self.head(self.features(x, train=train), train=train, rngs=rngs)
 

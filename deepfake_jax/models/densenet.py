@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from deepfake_jax.models import layers
-from deepfake_jax.models.layers import ParamGroups
+from deepfake_jax.models.layers import Classifier
 
 _conv_init = nnx.initializers.variance_scaling(2.0, "fan_in", "normal")
 
@@ -75,7 +75,7 @@ class Transition(nnx.Module):
         return nnx.avg_pool(x, (2, 2), strides=(2, 2), padding="VALID")
 
 
-class DenseNet(ParamGroups, nnx.Module):
+class DenseNet(Classifier, nnx.Module):
     """torchvision-compatible DenseNet. See the module docstring for the parameter naming."""
 
     HEAD_MODULES: ClassVar[tuple[str, ...]] = ("classifier",)
@@ -91,17 +91,9 @@ class DenseNet(ParamGroups, nnx.Module):
         bn_momentum: float = 0.9,
         input_transform: str | None = None,
     ):
-        variant = str(variant)
-        if variant not in _VARIANTS:
-            raise ValueError(
-                f"Unknown DenseNet variant {variant!r}; valid variants: {', '.join(VARIANTS)}"
-            )
+        variant = self.init_common("DenseNet", variant, VARIANTS, num_classes, dtype,
+                                   input_transform)
         growth, block_layers, init_features = _VARIANTS[variant]
-        self.variant = variant
-        self.num_classes = num_classes
-        self.dtype = dtype
-        self.input_transform = input_transform
-        layers.input_transform(input_transform)  # fails early on an unknown name
 
         ckw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
         bkw = dict(ckw, momentum=bn_momentum)
@@ -143,22 +135,4 @@ class DenseNet(ParamGroups, nnx.Module):
             if b != self.num_blocks:
                 x = getattr(self, f"transition{b}")(x, train=train)
         return jax.nn.relu(self.norm5(x, use_running_average=ura))
-
-    def pool_feature_map(self, fmap: jax.Array) -> jax.Array:
-        """``feature_map`` output -> the head's input: global average pool (B, C). Grad-CAM
-        (``deepfake_jax.explain``) differentiates ``head(pool_feature_map(.))``."""
-        return jnp.mean(fmap, axis=(1, 2))
-
-    def features(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        """Globally average-pooled features (B, C)."""
-        return self.pool_feature_map(self.feature_map(x, train=train))
-
-    def head(self, feats: jax.Array) -> jax.Array:
-        """Classifier head on pooled features (B, C) -> logits (B, num_classes)."""
-        return self.classifier(feats)
-
-    def __call__(self, x: jax.Array, *, train: bool = False, rngs: nnx.Rngs | None = None
-                 ) -> jax.Array:
-        del rngs  # no stochastic layers; accepted so every family has the same call signature
-        return self.head(self.features(x, train=train))
 

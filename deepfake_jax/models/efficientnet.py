@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from deepfake_jax.models import layers
-from deepfake_jax.models.layers import ParamGroups
+from deepfake_jax.models.layers import Classifier
 
 
 class Stage(NamedTuple):
@@ -203,7 +203,7 @@ class MBConv(nnx.Module):
         return x + y
 
 
-class EfficientNet(ParamGroups, nnx.Module):
+class EfficientNet(Classifier, nnx.Module):
     """EfficientNet-B / -Lite; see the module docstring. ``variant`` in ``VARIANTS``."""
 
     HEAD_MODULES: ClassVar[tuple[str, ...]] = ("fc",)
@@ -288,10 +288,6 @@ class EfficientNet(ParamGroups, nnx.Module):
             x = block(x, train=train and i >= self.num_frozen_blocks, rngs=rngs)
         return self.act(self.head_bn(self.head_conv(x), use_running_average=ura))
 
-    def pool_feature_map(self, fmap: jax.Array) -> jax.Array:
-        """``feature_map`` output -> the head's input: global average pool (B, C)."""
-        return jnp.mean(fmap, axis=(1, 2))
-
     def features(self, x: jax.Array, *, train: bool = False,
                  rngs: nnx.Rngs | None = None) -> jax.Array:
         return self.pool_feature_map(self.feature_map(x, train=train, rngs=rngs))
@@ -302,7 +298,3 @@ class EfficientNet(ParamGroups, nnx.Module):
         if train and self.dropout.rate > 0:
             feats = self.dropout(feats, deterministic=False, rngs=rngs)
         return self.fc(feats)
-
-    def __call__(self, x: jax.Array, *, train: bool = False,
-                 rngs: nnx.Rngs | None = None) -> jax.Array:
-        return self.head(self.features(x, train=train, rngs=rngs), train=train, rngs=rngs)

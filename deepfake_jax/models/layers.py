@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import jax
@@ -187,6 +187,47 @@ class ParamGroups:
     @classmethod
     def backbone_filter(cls) -> Callable[[tuple, Any], bool]:
         return lambda path, _x: len(path) > 0 and path[0] not in cls.HEAD_MODULES
+
+
+
+class Classifier(ParamGroups):
+    """Mixin for the CNN classifiers: the family's `feature_map` (B, h, w, C) ->
+    `pool_feature_map` (global average pool) -> `head` (the `HEAD_MODULES[0]` layer) -> logits.
+
+    Grad-CAM (`inference.explain`) differentiates `head(pool_feature_map(feature_map))`.
+    Families with another pooling or a head with dropout override those methods.
+    """
+
+    def init_common(self, family: str, variant: Any, variants: Sequence[str], num_classes: int,
+                    dtype: Any, transform: str | None) -> str:
+        """Checks the variant and the input transform; sets the fields every family has.
+        Returns the variant's name."""
+        variant = str(variant)
+        if variant not in variants:
+            raise ValueError(f"Unknown {family} variant {variant!r}; valid variants: "
+                             f"{', '.join(variants)}")
+        self.variant, self.num_classes, self.dtype = variant, num_classes, dtype
+        self.input_transform = transform
+        input_transform(transform)  # fails early on an unknown name
+        return variant
+
+    def pool_feature_map(self, fmap: jax.Array) -> jax.Array:
+        return jnp.mean(fmap, axis=(1, 2))
+
+    def features(self, x: jax.Array, *, train: bool = False,
+                 rngs: nnx.Rngs | None = None) -> jax.Array:
+        """Pooled features (B, F); `rngs` is for families with stochastic layers."""
+        del rngs
+        return self.pool_feature_map(self.feature_map(x, train=train))
+
+    def head(self, feats: jax.Array, *, train: bool = False,
+             rngs: nnx.Rngs | None = None) -> jax.Array:
+        del train, rngs
+        return getattr(self, self.HEAD_MODULES[0])(feats)
+
+    def __call__(self, x: jax.Array, *, train: bool = False,
+                 rngs: nnx.Rngs | None = None) -> jax.Array:
+        return self.head(self.features(x, train=train, rngs=rngs), train=train, rngs=rngs)
 
 
 def conv2d(cin: int, cout: int, k: int, stride: int, pad: int, *, kernel_init, rngs,

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from deepfake_jax.models import layers
-from deepfake_jax.models.layers import ParamGroups
+from deepfake_jax.models.layers import Classifier
 
 # torchvision: kaiming_normal_(mode="fan_out", nonlinearity="relu") for convs.
 _conv_init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -124,7 +124,7 @@ class Bottleneck(_Block):
         return self.bn3(self.conv3(y), use_running_average=ura)
 
 
-class ResNet(ParamGroups, nnx.Module):
+class ResNet(Classifier, nnx.Module):
     """torchvision-compatible ResNet. See the module docstring for the parameter naming."""
 
     HEAD_MODULES: ClassVar[tuple[str, ...]] = ("fc",)
@@ -143,22 +143,14 @@ class ResNet(ParamGroups, nnx.Module):
         stem: str = "imagenet",
         input_transform: str | None = None,
     ):
-        variant = str(variant)
-        if variant not in _VARIANTS:
-            raise ValueError(
-                f"Unknown ResNet variant {variant!r}; valid variants: {', '.join(VARIANTS)}"
-            )
+        variant = self.init_common("ResNet", variant, VARIANTS, num_classes, dtype,
+                                   input_transform)
         kind, stages, fixed_width = _VARIANTS[variant]
         if fixed_width is not None:
             width = fixed_width
         block_cls = BasicBlock if kind == "basic" else Bottleneck
-        self.variant = variant
-        self.num_classes = num_classes
-        self.dtype = dtype
 
         ckw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
-        self.input_transform = input_transform
-        layers.input_transform(input_transform)  # fails early on an unknown name
         if stem not in ("imagenet", "small"):
             raise ValueError(f"Unknown ResNet stem {stem!r}; valid stems: imagenet, small")
         self.stem = stem
@@ -210,24 +202,6 @@ class ResNet(ParamGroups, nnx.Module):
             for block in layer:
                 x = block(x, train=train)
         return x
-
-    def pool_feature_map(self, fmap: jax.Array) -> jax.Array:
-        """``feature_map`` output -> the head's input: global average pool (B, C). Grad-CAM
-        (``deepfake_jax.explain``) differentiates ``head(pool_feature_map(.))``."""
-        return jnp.mean(fmap, axis=(1, 2))
-
-    def features(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        """Globally average-pooled features (B, C)."""
-        return self.pool_feature_map(self.feature_map(x, train=train))
-
-    def head(self, feats: jax.Array) -> jax.Array:
-        """Classifier head on pooled features (B, C) -> logits (B, num_classes)."""
-        return self.fc(feats)
-
-    def __call__(self, x: jax.Array, *, train: bool = False, rngs: nnx.Rngs | None = None
-                 ) -> jax.Array:
-        del rngs  # no stochastic layers; accepted so every family has the same call signature
-        return self.head(self.features(x, train=train))
 
 
 

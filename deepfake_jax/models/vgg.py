@@ -20,7 +20,7 @@ import numpy as np
 from flax import nnx
 
 from deepfake_jax.models import layers
-from deepfake_jax.models.layers import ParamGroups, cpu_friendly_conv
+from deepfake_jax.models.layers import Classifier, cpu_friendly_conv
 
 _conv_init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
 _linear_init = nnx.initializers.normal(0.01)
@@ -59,7 +59,7 @@ def adaptive_avg_pool(x: jax.Array, size: int) -> jax.Array:
     return jnp.einsum("ih,jw,bhwc->bijc", ph, pw, x)
 
 
-class VGG(ParamGroups, nnx.Module):
+class VGG(Classifier, nnx.Module):
     """torchvision/Keras-compatible VGG. See the module docstring for the parameter naming."""
 
     HEAD_MODULES: ClassVar[tuple[str, ...]] = ("fc1", "fc2", "predictions")
@@ -77,19 +77,11 @@ class VGG(ParamGroups, nnx.Module):
         bn_momentum: float = 0.9,
         input_transform: str | None = None,
     ):
-        variant = str(variant)
-        if variant not in _VARIANTS:
-            raise ValueError(
-                f"Unknown VGG variant {variant!r}; valid variants: {', '.join(VARIANTS)}"
-            )
+        variant = self.init_common("VGG", variant, VARIANTS, num_classes, dtype,
+                                   input_transform)
         blocks, hidden, pool = _VARIANTS[variant]
-        self.variant = variant
-        self.num_classes = num_classes
         self.batch_norm = batch_norm
         self.pool_size = pool
-        self.dtype = dtype
-        self.input_transform = input_transform
-        layers.input_transform(input_transform)  # fails early on an unknown name
 
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         cin = 3
@@ -135,18 +127,10 @@ class VGG(ParamGroups, nnx.Module):
         x = adaptive_avg_pool(fmap, self.pool_size)
         return x.reshape(x.shape[0], -1)
 
-    def features(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        """Adaptive-average-pooled and flattened features (B, C * pool * pool), NHWC order."""
-        return self.pool_feature_map(self.feature_map(x, train=train))
-
     def head(self, feats: jax.Array, *, train: bool = False,
              rngs: nnx.Rngs | None = None) -> jax.Array:
         """fc1 -> ReLU -> Dropout -> fc2 -> ReLU -> Dropout -> predictions."""
         x = self.dropout(jax.nn.relu(self.fc1(feats)), deterministic=not train, rngs=rngs)
         x = self.dropout(jax.nn.relu(self.fc2(x)), deterministic=not train, rngs=rngs)
         return self.predictions(x)
-
-    def __call__(self, x: jax.Array, *, train: bool = False, rngs: nnx.Rngs | None = None
-                 ) -> jax.Array:
-        return self.head(self.features(x, train=train), train=train, rngs=rngs)
 

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from deepfake_jax.models import layers
-from deepfake_jax.models.layers import ParamGroups
+from deepfake_jax.models.layers import Classifier
 
 _glorot = nnx.initializers.glorot_uniform()
 
@@ -131,7 +131,7 @@ class ExitBlock(nnx.Module):
         return jax.nn.relu(_sep_bn(self, 2, x, train))
 
 
-class Xception(ParamGroups, nnx.Module):
+class Xception(Classifier, nnx.Module):
     """Keras-compatible Xception. See the module docstring for the parameter naming."""
 
     HEAD_MODULES: ClassVar[tuple[str, ...]] = ("predictions",)
@@ -147,17 +147,9 @@ class Xception(ParamGroups, nnx.Module):
         bn_momentum: float = 0.99,
         input_transform: str | None = None,
     ):
-        variant = str(variant)
-        if variant not in _VARIANTS:
-            raise ValueError(
-                f"Unknown Xception variant {variant!r}; valid variants: {', '.join(VARIANTS)}"
-            )
+        variant = self.init_common("Xception", variant, VARIANTS, num_classes, dtype,
+                                   input_transform)
         cfg = _VARIANTS[variant]
-        self.variant = variant
-        self.num_classes = num_classes
-        self.dtype = dtype
-        self.input_transform = input_transform
-        layers.input_transform(input_transform)  # fails early on an unknown name
 
         bkw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype, momentum=bn_momentum)
         s1, s2 = cfg["stem"]
@@ -185,22 +177,4 @@ class Xception(ParamGroups, nnx.Module):
                       self.block13, self.block14):
             x = block(x, train=train)
         return x
-
-    def pool_feature_map(self, fmap: jax.Array) -> jax.Array:
-        """``feature_map`` output -> the head's input: global average pool (B, C). Grad-CAM
-        (``deepfake_jax.explain``) differentiates ``head(pool_feature_map(.))``."""
-        return jnp.mean(fmap, axis=(1, 2))
-
-    def features(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        """Globally average-pooled features (B, C)."""
-        return self.pool_feature_map(self.feature_map(x, train=train))
-
-    def head(self, feats: jax.Array) -> jax.Array:
-        """Classifier head on pooled features (B, C) -> logits (B, num_classes)."""
-        return self.predictions(feats)
-
-    def __call__(self, x: jax.Array, *, train: bool = False, rngs: nnx.Rngs | None = None
-                 ) -> jax.Array:
-        del rngs  # no stochastic layers; accepted so every family has the same call signature
-        return self.head(self.features(x, train=train))
 

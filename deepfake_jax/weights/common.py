@@ -16,22 +16,19 @@ from flax import nnx
 Path = tuple[Any, ...]
 
 
+# kind -> (axes PyTorch -> ours, axes ours -> PyTorch): Linear (out, in) <-> (in, out),
+# conv OIHW <-> HWIO; other kinds keep their layout.
+_AXES = {"linear": ((1, 0), (1, 0)), "conv": ((2, 3, 1, 0), (3, 2, 0, 1))}
+
+
 def to_ours(a: np.ndarray, kind: str) -> np.ndarray:
     """PyTorch layout -> ours: Linear (out, in) -> (in, out); conv OIHW -> HWIO."""
-    if kind == "linear":
-        return a.T
-    if kind == "conv":
-        return a.transpose(2, 3, 1, 0)
-    return a
+    return a.transpose(_AXES[kind][0]) if kind in _AXES else a
 
 
 def to_torch(a: np.ndarray, kind: str) -> np.ndarray:
     """Ours -> PyTorch layout (the inverse of `to_ours`)."""
-    if kind == "linear":
-        return a.T
-    if kind == "conv":
-        return a.transpose(3, 2, 0, 1)
-    return a
+    return a.transpose(_AXES[kind][1]) if kind in _AXES else a
 
 
 def flatten(d: Mapping, prefix: Path = ()) -> dict[Path, Any]:
@@ -104,19 +101,20 @@ _NUM_BATCHES_TRACKED = re.compile(r"(^|\.)num_batches_tracked$")
 
 def convert_by_key(state: nnx.State, tensors: Mapping[str, Any],
                    key_fn: Callable[[Path], tuple[str, str]],
-                   normalize: Callable[[str], str] = lambda k: k
+                   normalize: Callable[[str], str] = lambda k: k,
+                   ignored: Sequence[re.Pattern] = ()
                    ) -> tuple[dict[Path, tuple[str, np.ndarray]], list[str]]:
     """PyTorch tensors -> (our path -> (their key, array in our layout), unexpected keys).
 
     ``key_fn(path)`` names each model variable in the checkpoint (key, layout kind);
     ``normalize`` rewrites checkpoint keys first (prefix variants); BatchNorm's
-    ``num_batches_tracked`` counters are dropped.
+    ``num_batches_tracked`` counters and keys matching an ``ignored`` pattern are dropped.
     """
     table = {key_fn(p)[0]: (p, key_fn(p)[1]) for p in flatten(nnx.to_pure_dict(state))}
     converted, unexpected = {}, []
     for raw_key, value in tensors.items():
         key = normalize(raw_key)
-        if _NUM_BATCHES_TRACKED.search(key):
+        if _NUM_BATCHES_TRACKED.search(key) or any(p.search(key) for p in ignored):
             continue
         if key not in table:
             unexpected.append(raw_key)

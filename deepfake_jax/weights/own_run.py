@@ -99,7 +99,7 @@ def _metadata(state_dir: str) -> dict[str, Any]:
 
 
 def _unreadable(state_dir: str, e: Exception) -> Exception:
-    from deepfake_jax.checkpointing import CheckpointError
+    from deepfake_jax.training.checkpointing import CheckpointError
 
     return CheckpointError(
         f"init_from (format deepfake_jax): cannot read the checkpoint in {state_dir}: "

@@ -210,16 +210,10 @@ def create_resnet_from_hf(path: str, num_classes: int | None = None, *, rngs: nn
     model is built abstractly and filled (no random init); otherwise (head kept random) it is
     initialised with ``rngs`` first.
     """
-    from deepfake_jax.weights.vit_hf import read_hf_checkpoint
+    from deepfake_jax.weights.vit_hf import hf_model_kwargs
 
-    _, config = read_hf_checkpoint(path)
-    if config is None:
-        raise FileNotFoundError(f"no config.json next to {path}")
-    kwargs = resnet_kwargs_from_hf_config(config)
-    if num_classes is not None:
-        kwargs["num_classes"] = num_classes
-    kwargs.update(overrides)
-    variant = kwargs.pop("variant")
+    variant, kwargs, config = hf_model_kwargs(path, resnet_kwargs_from_hf_config, num_classes,
+                                              overrides)
     abstract = nnx.eval_shape(lambda: ResNet(variant, rngs=nnx.Rngs(0), **kwargs))
     try:
         return nnx.merge(nnx.graphdef(abstract), load_hf_resnet(abstract, path, config=config))

@@ -19,7 +19,7 @@ import numpy as np
 from flax import nnx
 
 from deepfake_jax.models.vit import _VARIANTS, HF_LAYER_NORM_EPS, ViT
-from deepfake_jax.weights.common import Path, flatten, to_ours, to_torch
+from deepfake_jax.weights.common import Path, convert_by_key, flatten, to_torch
 from deepfake_jax.weights.vit_common import POS_EMBED, load_vit, vit_target
 
 _IGNORED = (re.compile(r"^vit\.pooler\."), re.compile(r"^vit\.embeddings\.mask_token$"))
@@ -168,25 +168,11 @@ def load_hf_vit(model_or_state: ViT | nnx.State, path: str, *,
     tensors, file_config = read_hf_checkpoint(path)
     config = config if config is not None else file_config
     model, state = vit_target(model_or_state)
-    table = {}
-    for p in flatten(nnx.to_pure_dict(state)):
-        key, kind = hf_key(p)
-        table[key] = (p, kind)
-
     problems: list[str] = []
     if model is not None and config is not None:
         problems += _check_config(model, config)
-    converted: dict[Path, tuple[str, np.ndarray]] = {}
-    unexpected = []
-    for raw_key, value in tensors.items():
-        key = normalize_hf_key(raw_key)
-        if any(p.search(key) for p in _IGNORED):
-            continue
-        if key not in table:
-            unexpected.append(raw_key)
-            continue
-        p, kind = table[key]
-        converted[p] = (raw_key, to_ours(np.asarray(value), kind))
+    converted, unexpected = convert_by_key(state, tensors, hf_key, normalize_hf_key,
+                                           ignored=_IGNORED)
     ckpt_grid = (_ckpt_grid(config, converted[POS_EMBED][1]) if POS_EMBED in converted
                  else None)
     return load_vit(model_or_state, converted, source=f"Hugging Face ViT checkpoint {path}",
@@ -204,6 +190,20 @@ def _ckpt_grid(config: dict | None, posemb: np.ndarray) -> tuple[int, int] | Non
     return grid if grid[0] * grid[1] == posemb.shape[1] - 1 else None
 
 
+def hf_model_kwargs(path: str, kwargs_from_config, num_classes: int | None, overrides: dict
+                    ) -> tuple[str, dict, dict]:
+    """(variant, constructor kwargs, config) of the model a HF checkpoint's `config.json`
+    describes (`kwargs_from_config`), `num_classes` and `overrides` replacing its values."""
+    _, config = read_hf_checkpoint(path)
+    if config is None:
+        raise FileNotFoundError(f"no config.json next to {path}")
+    kwargs = kwargs_from_config(config)
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    kwargs.update(overrides)
+    return kwargs.pop("variant"), kwargs, config
+
+
 def create_vit_from_hf(path: str, num_classes: int | None = None, *, rngs: nnx.Rngs,
                        **overrides) -> ViT:
     """A ``ViT`` shaped by the checkpoint's ``config.json``, with its weights loaded.
@@ -211,14 +211,8 @@ def create_vit_from_hf(path: str, num_classes: int | None = None, *, rngs: nnx.R
     ``num_classes`` (default: the checkpoint's) and ``overrides`` (e.g. ``image_size``,
     ``dropout``, ``drop_path``, ``dtype``) replace the config's values.
     """
-    _, config = read_hf_checkpoint(path)
-    if config is None:
-        raise FileNotFoundError(f"no config.json next to {path}")
-    kwargs = vit_kwargs_from_hf_config(config)
-    if num_classes is not None:
-        kwargs["num_classes"] = num_classes
-    kwargs.update(overrides)
-    variant = kwargs.pop("variant")
+    variant, kwargs, config = hf_model_kwargs(path, vit_kwargs_from_hf_config, num_classes,
+                                              overrides)
     model = ViT(variant, rngs=rngs, **kwargs)
     nnx.update(model, load_hf_vit(model, path, config=config))
     return model

@@ -1,0 +1,139 @@
+"""decode_image_rgb / probe_image on every colour mode and on broken bytes."""
+
+import io
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from deepfake_jax.data.image_io import ImageDecodeError, decode_image_rgb, probe_image
+
+
+def _base(h=24, w=32):
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    img[: h // 2] = (200, 30, 60)
+    return img
+
+
+def _pil_bytes(img, fmt, **kw):
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def _rgba(img, alpha=128):
+    return Image.fromarray(np.dstack([img, np.full(img.shape[:2], alpha, np.uint8)]))
+
+
+def _check(out, shape):
+    assert out.dtype == np.uint8 and out.shape == shape + (3,) and out.flags.c_contiguous
+
+
+@pytest.mark.parametrize("fmt,kw", [("PNG", {}), ("WEBP", {"lossless": True}), ("BMP", {})])
+def test_lossless_rgb_exact(fmt, kw):
+    base = _base()
+    out = decode_image_rgb(_pil_bytes(Image.fromarray(base), fmt, **kw))
+    _check(out, base.shape[:2])
+    np.testing.assert_array_equal(out, base)  # RGB order, exact
+
+
+def test_jpeg_rgb_order_and_probe():
+    base = _base()
+    data = _pil_bytes(Image.fromarray(base), "JPEG", quality=95)
+    out = decode_image_rgb(data)
+    _check(out, base.shape[:2])
+    assert np.abs(out[2, 2].astype(int) - [200, 30, 60]).max() < 8  # red, not blue
+    np.testing.assert_array_equal(out, np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
+    assert probe_image(data) == {"width": 32, "height": 24, "mode": "RGB", "format": "JPEG",
+                                 "bit_depth": 8, "orientation": 1}
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "P", "1"])
+def test_gray_palette_modes(mode):
+    pil = Image.fromarray(_base()).convert(mode)
+    data = _pil_bytes(pil, "PNG")
+    out = decode_image_rgb(data)
+    _check(out, (24, 32))
+    np.testing.assert_array_equal(out, np.asarray(pil.convert("RGB")))
+    assert probe_image(data)["mode"] == mode
+
+
+def test_rgba_alpha_dropped():
+    base = _base()
+    data = _pil_bytes(_rgba(base, alpha=10), "PNG")
+    out = decode_image_rgb(data)
+    np.testing.assert_array_equal(out, base)  # colour as stored, alpha ignored
+    assert probe_image(data)["mode"] == "RGBA"
+    np.testing.assert_array_equal(
+        decode_image_rgb(_pil_bytes(_rgba(base), "WEBP", lossless=True)), base)
+
+
+def test_cmyk_jpeg():
+    base = _base()
+    data = _pil_bytes(Image.fromarray(base).convert("CMYK"), "JPEG", quality=95)
+    assert probe_image(data)["mode"] == "CMYK"
+    out = decode_image_rgb(data)
+    _check(out, base.shape[:2])
+    ref = np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).astype(int)
+    assert np.abs(out.astype(int) - ref).max() <= 2
+    assert np.abs(out[2, 2].astype(int) - [200, 30, 60]).max() < 12
+
+
+def test_16bit_png():
+    base = _base()
+    ok, enc = cv2.imencode(".png", base[:, :, ::-1].astype(np.uint16) * 257)
+    assert ok
+    data = enc.tobytes()
+    assert probe_image(data)["bit_depth"] == 16
+    np.testing.assert_array_equal(decode_image_rgb(data), base)
+    gray16 = Image.fromarray(base[:, :, 0].astype(np.uint16) * 257)
+    data = _pil_bytes(gray16, "PNG")
+    p = probe_image(data)
+    assert p["bit_depth"] == 16 and p["mode"].startswith("I")
+    np.testing.assert_array_equal(decode_image_rgb(data), np.repeat(base[:, :, :1], 3, axis=2))
+
+
+def test_exif_orientation_applied():
+    ex = Image.Exif()
+    ex[0x0112] = 6  # rotate 90 degrees clockwise to display
+    data = _pil_bytes(Image.fromarray(_base()), "JPEG", exif=ex)
+    assert probe_image(data)["orientation"] == 6
+    assert decode_image_rgb(data).shape == (32, 24, 3)
+
+
+def test_jpeg_trailing_bytes_accepted():
+    data = _pil_bytes(Image.fromarray(_base()), "JPEG")
+    out = decode_image_rgb(data + b"\x00" * 10 + b"vendor trailer")
+    np.testing.assert_array_equal(out, decode_image_rgb(data))
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "BMP"])
+@pytest.mark.parametrize("keep", [0.5, 0.97])
+def test_truncated_raises(fmt, keep):
+    data = _pil_bytes(Image.fromarray(_base(64, 64)), fmt)
+    with pytest.raises(ImageDecodeError, match="cut.bin"):
+        decode_image_rgb(data[: int(len(data) * keep)], "cut.bin")
+
+
+def test_truncated_jpeg_missing_only_eoi():
+    data = _pil_bytes(Image.fromarray(_base(64, 64)), "JPEG")
+    with pytest.raises(ImageDecodeError, match="truncated"):
+        decode_image_rgb(data[:-2], "x.jpg")
+
+
+@pytest.mark.parametrize("data,reason", [
+    (b"", "empty"),
+    (b"hello, this is text\n" * 5, "not a recognised image format"),
+    (np.random.default_rng(1).bytes(2000), "not a recognised image format"),
+    (b"\xff\xd8\xff\xe0" + np.random.default_rng(2).bytes(500), "JPEG"),
+])
+def test_bad_bytes(data, reason):
+    with pytest.raises(ImageDecodeError, match=reason) as info:
+        decode_image_rgb(data, "bad/file.jpg")
+    assert info.value.source == "bad/file.jpg" and "bad/file.jpg" in str(info.value)
+    assert isinstance(info.value, ValueError)
+    if data[:2] != b"\xff\xd8":
+        with pytest.raises(ImageDecodeError):
+            probe_image(data)
