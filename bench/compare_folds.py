@@ -5,58 +5,45 @@
 
 Each `--run NAME=WORKDIR` is a `--config.kfold=K` workdir of `deepfake_jax.main` (its
 `fold_<i>/eval/{valid,test}/predictions.csv`); every run must hold out the same images
-(same converted folder, seed and K), which is checked. The ensemble averages the runs'
-log-odds after standardising each with the mean and std of its own validation log-odds of
-that fold (the runs differ in calibration: an averaged probability would follow the most
-confident one); nothing from the test split is used to fit it. Printed: ROC AUC per fold,
-mean and pooled over the folds with a 95% bootstrap interval (images resampled with
-replacement, stratified by class), and each run's pooled difference to the first run.
+(same converted folder, seed and K), which is checked. The ensemble is that of
+`python -m deepfake_jax.evaluate --workdir A/fold_<i> --workdir B/fold_<i>`
+(`evaluation.ensemble`: the mean of the runs' log-odds, each standardised by its own
+validation log-odds of that fold); nothing from the test split is used to fit it.
+Printed: ROC AUC per fold, mean and pooled over the folds with a 95% bootstrap interval
+(images resampled with replacement, stratified by class), and each run's pooled difference
+to the first run.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-_EPS = 1e-6
-
-
-def read_predictions(path: str) -> dict[str, tuple[int, float]]:
-    """path of each image -> (label, log-odds of p_fake)."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} is missing: is this a finished k-fold workdir?")
-    with open(path) as f:
-        out = {}
-        for row in csv.DictReader(f):
-            p = min(max(float(row["p_fake"]), _EPS), 1 - _EPS)
-            out[row["path"]] = (int(row["label"]), float(np.log(p / (1 - p))))
-    return out
+from deepfake_jax.evaluation import ensemble
 
 
 def fold_scores(runs: dict[str, str], fold: int) -> tuple[list[str], np.ndarray, dict]:
-    """(test paths, labels, {name: standardised test log-odds}) of one fold, runs aligned."""
-    tests, stats = {}, {}
-    for name, workdir in runs.items():
-        base = os.path.join(workdir, f"fold_{fold}", "eval")
-        tests[name] = read_predictions(os.path.join(base, "test", "predictions.csv"))
-        valid = np.array([s for _, s in read_predictions(
-            os.path.join(base, "valid", "predictions.csv")).values()])
-        stats[name] = (valid.mean(), valid.std() + _EPS)
-    first = next(iter(tests.values()))
-    paths = sorted(first)
-    for name, t in tests.items():
-        if sorted(t) != paths:
-            raise ValueError(f"fold {fold}: run {name!r} held out other images than "
-                             f"{next(iter(runs))!r}: not the same folds")
-    labels = np.array([first[p][0] for p in paths])
-    scores = {name: (np.array([tests[name][p][1] for p in paths]) - stats[name][0])
-              / stats[name][1] for name in runs}
+    """(test paths, labels, {name: standardised test log-odds}) of one fold, runs aligned:
+    `evaluation.ensemble`'s standardisation (the ensemble is their mean)."""
+    workdirs = [os.path.join(w, f"fold_{fold}") for w in runs.values()]
+    members = (ensemble.Ensemble.of_runs(workdirs).members if len(workdirs) > 1 else
+               [_single_member(workdirs[0])])
+    tests = [ensemble.read_predictions(os.path.join(w, "eval", "test", "predictions.csv"))
+             for w in workdirs]
+    _, paths, labels, p_fakes = ensemble.aligned(tests, list(runs), f"fold {fold} test")
+    scores = {name: (ensemble.log_odds(p) - m.mean) / m.std
+              for name, p, m in zip(runs, p_fakes, members, strict=True)}
     return paths, labels, scores
+
+
+def _single_member(workdir: str) -> ensemble.Member:
+    val = ensemble.read_predictions(os.path.join(workdir, "eval", "valid", "predictions.csv"))
+    z = ensemble.log_odds([p for _, _, p in val.values()])
+    return ensemble.Member(workdir, float(z.mean()), float(z.std() + ensemble.EPS))
 
 
 def bootstrap_auc(labels: np.ndarray, scores: dict[str, np.ndarray], reference: str,

@@ -1,6 +1,7 @@
 """Evaluate a checkpoint written by the trainer, on any device count, with the trainer's code.
 
-    python -m deepfake_jax.evaluate --workdir runs/demo [--checkpoint latest|best|STEP]
+    python -m deepfake_jax.evaluate --workdir runs/demo [--workdir runs/other ...]
+        [--checkpoint latest|best|STEP]
         [--use_ema|--nouse_ema] [--split test] [--data DIR --data DIR2 ...]
         [--threshold_method eer|max_f1|fixed] [--bootstrap 1000] [--robustness]
 
@@ -18,9 +19,9 @@ from typing import Any
 import jax
 from absl import logging
 
-from deepfake_jax import cli, console
+from deepfake_jax import cli, console, json_io
 from deepfake_jax.data import datasets, domain_mix, input_pipeline, parsing_pipeline, records
-from deepfake_jax.evaluation import evaluators
+from deepfake_jax.evaluation import ensemble, evaluators, metrics
 from deepfake_jax.runs import load_run_config, restore_weights, run_config_at, run_dataset_dir
 from deepfake_jax.tasks import classification, segmentation
 from deepfake_jax.training import sharding
@@ -140,6 +141,50 @@ def summary_table(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def evaluate_ensemble(workdirs: list[str], *, checkpoint: str = "latest",
+                      use_ema: bool | None = None, split: str = "test",
+                      data: list[str] | None = None, threshold_method: str | None = None,
+                      bootstrap: int = 1000, show_progress: bool = False,
+                      out_dir: str | None = None) -> dict[str, dict[str, Any]]:
+    """{dataset name: metrics of the ensemble of `workdirs` on `split`}
+    (`evaluation.ensemble`). Each member is evaluated first (its own reports under its
+    workdir); the ensemble's go to `out_dir` (default `<first workdir>/eval/ensemble`)
+    `/<dataset>/<split>/`: metrics.json, predictions.csv (with each member's p_fake), plots."""
+    ens = ensemble.Ensemble.of_runs(workdirs, threshold_method)  # fails before any scoring
+    members = [evaluate_checkpoint(m.workdir, checkpoint=checkpoint, use_ema=use_ema,
+                                   split=split, data=data, threshold_method=threshold_method,
+                                   bootstrap=0, show_progress=show_progress)
+               for m in ens.members]
+    out_dir = out_dir or os.path.join(ens.members[0].workdir, "eval", "ensemble")
+    results = {}
+    for name, first in members[0].items():
+        if any(name not in r for r in members[1:]):
+            raise ValueError(f"the members evaluated differently named datasets ({name!r}): "
+                             "give the same --data to all of them")
+        preds = [ensemble.read_predictions(os.path.join(r[name]["out_dir"], "predictions.csv"))
+                 for r in members]
+        indices, paths, labels, p_fakes = ensemble.aligned(
+            preds, [m.workdir for m in ens.members], f"{name}/{split}")
+        p = ens.p_fake(p_fakes)
+        m = metrics.binary_metrics(labels, p, ens.threshold)
+        m.update(metrics.calibration(labels, p))
+        if bootstrap:
+            m["bootstrap_95"] = metrics.bootstrap_intervals(labels, p, ens.threshold, bootstrap)
+        split_dir = os.path.join(out_dir, name, split)
+        m.update(split=split, threshold_method=ens.threshold_method, dataset=first["dataset"],
+                 threshold_from=f"the members' {ens.val_split} predictions",
+                 checkpoint_step="/".join(str(r[name]["checkpoint_step"]) for r in members),
+                 members=[{"workdir": mb.workdir, "val_log_odds_mean": mb.mean,
+                           "val_log_odds_std": mb.std, "roc_auc": r[name]["roc_auc"]}
+                          for mb, r in zip(ens.members, members, strict=True)])
+        json_io.write_json(m, os.path.join(split_dir, "metrics.json"), sort_keys=True)
+        metrics.save_plots(labels, p, m, split_dir, title=f"ensemble {name}/{split}")
+        ensemble.write_predictions(os.path.join(split_dir, "predictions.csv"), indices, paths,
+                                   labels, p, p_fakes, ens.threshold)
+        results[name] = {**m, "out_dir": split_dir}
+    return results
+
+
 def evaluate_parsing_checkpoint(workdir: str, *, checkpoint: str = "latest",
                                 split: str = "test", use_ema: bool | None = None,
                                 show_progress: bool = False) -> dict[str, Any]:
@@ -181,8 +226,9 @@ def parsing_report(workdir: str, *, checkpoint: str = "latest", split: str = "te
 
 def build_parser() -> cli.ArgumentParser:
     p = cli.ArgumentParser("python -m deepfake_jax.evaluate", __doc__)
-    p.add_argument("--workdir", required=True,
-                   help="a training workdir (config.json + checkpoints/)")
+    p.add_argument("--workdir", action="append", required=True,
+                   help="a training workdir (config.json + checkpoints/); repeat it to "
+                   "evaluate the ensemble of several classifiers trained on the same data")
     p.add_argument("--checkpoint", default="latest", help="latest, best (by the run's "
                    "validation metric: AUC, or mIoU for face parsing) or a step")
     p.add_bool("use_ema", None, "evaluate the EMA weights (default: the run's config.eval)")
@@ -209,6 +255,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args) -> int:
+    if len(args.workdir) > 1:
+        return _ensemble_main(args)
+    args.workdir = args.workdir[0]
     if load_run_config(args.workdir).get("task") == "segmentation":
         # A face-parsing run: its metrics are mIoU/F1, not thresholds.
         unusable = [f"--{name}" for name in ("data", "threshold_method")
@@ -233,6 +282,22 @@ def _main(args) -> int:
         if "robustness" in m:
             print(f"\nrobustness of {name}/{m['split']} (threshold {m['threshold']:.4f}):")
             print(evaluators.format_robustness(m["robustness"]))
+    return 0
+
+
+
+def _ensemble_main(args) -> int:
+    if args.robustness:
+        sys.exit("--robustness: one --workdir at a time (the ensemble has no robustness sweep)")
+    results = evaluate_ensemble(
+        args.workdir, checkpoint=args.checkpoint, use_ema=args.use_ema, split=args.split,
+        data=args.data, threshold_method=args.threshold_method, bootstrap=args.bootstrap,
+        show_progress=True)
+    print(summary_table(results))
+    for name, m in results.items():
+        aucs = ", ".join(f"{r['workdir']} {r['roc_auc']:.4f}"
+                         for r in m["members"])
+        print(f"{name}: members' ROC AUC: {aucs}; ensemble -> {m['out_dir']}")
     return 0
 
 

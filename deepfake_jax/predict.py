@@ -1,6 +1,7 @@
 """Score image files with a trained run: p_fake and a real/fake label per image.
 
-    python -m deepfake_jax.predict --workdir runs/demo IMAGE_OR_DIR... [--output preds.csv|.json]
+    python -m deepfake_jax.predict --workdir runs/demo [--workdir runs/other ...] IMAGE_OR_DIR...
+        [--output preds.csv|.json]
         [--checkpoint latest|best|STEP] [--use_ema|--nouse_ema] [--batch_size 32]
         [--face_crop | --face_align] [--recursive] [--heatmaps OUTDIR] [--segmentation_workdir DIR]
 
@@ -17,11 +18,15 @@ crash; a run without a single readable image still writes the file, then exits n
 `--heatmaps OUTDIR` writes `<stem>_heatmap.png` overlays (Grad-CAM, or attention rollout for
 ViT); with `--segmentation_workdir` (a face-parsing run) each row also gets the heatmap's and
 the pixels' share per face region (`heat_share_<region>`, `area_share_<region>`).
+
+Several `--workdir`s score with their ensemble (`evaluation.ensemble`): each run scores every
+file; p_fake, label and threshold are the ensemble's, `p_fake_<run>` columns each run's.
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import os
 import sys
@@ -32,7 +37,7 @@ from deepfake_jax import cli, console
 from deepfake_jax.data.image_io import (
     list_images,
 )
-from deepfake_jax.inference.scoring import predict_paths
+from deepfake_jax.inference.scoring import predict_ensemble_paths, predict_paths
 
 COLUMNS = ("path", "status", "p_fake", "label", "threshold", "threshold_source", "face_box",
            "heatmap", "error", "warning")
@@ -138,7 +143,9 @@ def check_readable(rows: list[dict[str, Any]], output: str) -> None:
 def build_parser() -> cli.ArgumentParser:
     p = cli.ArgumentParser("python -m deepfake_jax.predict", __doc__)
     p.add_argument("paths", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders")
-    p.add_argument("--workdir", required=True, help="a training workdir")
+    p.add_argument("--workdir", action="append", required=True,
+                   help="a training workdir; repeat it to score with the ensemble of several "
+                   "classifiers trained on the same data (evaluation.ensemble)")
     p.add_argument("--checkpoint", default="latest", help="latest, best or a step")
     p.add_bool("use_ema", None, "score with the EMA weights (default: the run's config.eval)")
     p.add_argument("--output", help="output file: .csv (default "
@@ -161,12 +168,14 @@ def build_parser() -> cli.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     console.setup(args.verbose)
-    output = args.output or default_output(args.workdir)
+    output = args.output or default_output(args.workdir[0])
     not_listed = []
     try:
         check_output(output, args.paths, args.recursive)  # before any image is scored
-        rows = predict_paths(
-            args.workdir, args.paths, checkpoint=args.checkpoint, use_ema=args.use_ema,
+        score = (functools.partial(predict_paths, args.workdir[0]) if len(args.workdir) == 1
+                 else functools.partial(predict_ensemble_paths, args.workdir))
+        rows = score(
+            args.paths, checkpoint=args.checkpoint, use_ema=args.use_ema,
             batch_size=args.batch_size, face_crop=args.face_crop, recursive=args.recursive,
             show_progress=True, heatmaps_dir=args.heatmaps,
             segmentation_workdir=args.segmentation_workdir, face_align=args.face_align,

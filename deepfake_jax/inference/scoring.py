@@ -22,6 +22,7 @@ from deepfake_jax.data.image_io import (
     list_images,
     read_image_file,
 )
+from deepfake_jax.evaluation import ensemble
 from deepfake_jax.inference import explain
 from deepfake_jax.parsing import faces, landmarks
 from deepfake_jax.runs import find_threshold
@@ -204,3 +205,37 @@ def predict_paths(workdir: str, paths: list[str], *, checkpoint: str = "latest",
     if pending:
         flush()
     return rows
+
+
+def predict_ensemble_paths(workdirs: list[str], paths: list[str], *,
+                           not_listed: list[str] | None = None, heatmaps_dir: str | None = None,
+                           segmentation_workdir: str | None = None, **options
+                           ) -> list[dict[str, Any]]:
+    """`predict_paths` rows for the ensemble of `workdirs` (`evaluation.ensemble`): every
+    member scores every file with its own view; p_fake, label and threshold are the
+    ensemble's, and a `p_fake_<run>` column holds each member's score."""
+    if heatmaps_dir or segmentation_workdir:
+        raise ValueError("--heatmaps explains one run: give a single --workdir")
+    ens = ensemble.Ensemble.of_runs(workdirs)
+    names = _member_names([m.workdir for m in ens.members])
+    member_rows = [predict_paths(m.workdir, paths, not_listed=not_listed if k == 0 else None,
+                                 **options) for k, m in enumerate(ens.members)]
+    rows = []
+    for rs in zip(*member_rows, strict=True):
+        row = {**rs[0], "threshold": ens.threshold, "threshold_source": ens.describe(),
+               **{f"p_fake_{n}": r["p_fake"] for n, r in zip(names, rs, strict=True)}}
+        failed = next((r for r in rs if r["status"] != "ok"), None)
+        if failed is not None:  # a file one member cannot score has no ensemble score
+            row.update(status=failed["status"], error=failed["error"], p_fake=None, label="")
+        else:
+            p = float(ens.p_fake([np.array([r["p_fake"]]) for r in rs])[0])
+            row.update(p_fake=p, label="fake" if p >= ens.threshold else "real")
+        rows.append(row)
+    return rows
+
+
+def _member_names(workdirs: list[str]) -> list[str]:
+    """Column names of the members: the folder names, numbered where two are equal."""
+    base = [os.path.basename(os.path.normpath(w)) for w in workdirs]
+    return [b if base.count(b) == 1 else f"{b}_{base[:i + 1].count(b)}"
+            for i, b in enumerate(base)]
