@@ -5,7 +5,6 @@ Any config value can be overridden: --config.input.batch_size=128 --config.data.
 
 import sys
 
-from deepfake_jax import tasks
 from deepfake_jax.training import huge_pages
 
 if __name__ == "__main__":
@@ -14,7 +13,7 @@ if __name__ == "__main__":
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from deepfake_jax import console
+from deepfake_jax import console, tasks  # noqa: E402
 from deepfake_jax.training import distributed  # noqa: E402
 
 FLAGS = flags.FLAGS
