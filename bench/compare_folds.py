@@ -30,20 +30,14 @@ def fold_scores(runs: dict[str, str], fold: int) -> tuple[list[str], np.ndarray,
     """(test paths, labels, {name: standardised test log-odds}) of one fold, runs aligned:
     `evaluation.ensemble`'s standardisation (the ensemble is their mean)."""
     workdirs = [os.path.join(w, f"fold_{fold}") for w in runs.values()]
-    members = (ensemble.Ensemble.of_runs(workdirs).members if len(workdirs) > 1 else
-               [_single_member(workdirs[0])])
+    members = [ensemble.Member.of_predictions(w, [p for _, _, p in ensemble.read_predictions(
+        os.path.join(w, "eval", "valid", "predictions.csv")).values()]) for w in workdirs]
     tests = [ensemble.read_predictions(os.path.join(w, "eval", "test", "predictions.csv"))
              for w in workdirs]
     _, paths, labels, p_fakes = ensemble.aligned(tests, list(runs), f"fold {fold} test")
     scores = {name: (ensemble.log_odds(p) - m.mean) / m.std
               for name, p, m in zip(runs, p_fakes, members, strict=True)}
     return paths, labels, scores
-
-
-def _single_member(workdir: str) -> ensemble.Member:
-    val = ensemble.read_predictions(os.path.join(workdir, "eval", "valid", "predictions.csv"))
-    z = ensemble.log_odds([p for _, _, p in val.values()])
-    return ensemble.Member(workdir, float(z.mean()), float(z.std() + ensemble.EPS))
 
 
 def bootstrap_auc(labels: np.ndarray, scores: dict[str, np.ndarray], reference: str,

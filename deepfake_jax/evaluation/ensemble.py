@@ -73,6 +73,12 @@ class Member:
     mean: float  # of the run's validation log-odds
     std: float
 
+    @classmethod
+    def of_predictions(cls, workdir: str, val_p_fake) -> Member:
+        """The member whose validation p_fake are `val_p_fake`."""
+        z = log_odds(val_p_fake)
+        return cls(workdir, float(z.mean()), float(z.std() + EPS))
+
 
 @dataclasses.dataclass(frozen=True)
 class Ensemble:
@@ -96,9 +102,8 @@ class Ensemble:
         val = [read_predictions(os.path.join(w, "eval", val_split, "predictions.csv"))
                for w in workdirs]
         _, _, labels, p_fakes = aligned(val, workdirs, f"validation split {val_split!r}")
-        z = [log_odds(p) for p in p_fakes]
-        members = tuple(Member(w, float(v.mean()), float(v.std() + EPS))
-                        for w, v in zip(workdirs, z, strict=True))
+        members = tuple(Member.of_predictions(w, p) for w, p in zip(workdirs, p_fakes,
+                                                                    strict=True))
         method = threshold_method or configs[0].eval.threshold_method
         partial = cls(members, 0.5, method, val_split)
         threshold = metrics.choose_threshold(labels, partial.p_fake(p_fakes), method)

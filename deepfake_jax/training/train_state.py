@@ -102,15 +102,10 @@ def create_train_state(config, mesh, tx, *, abstract_only: bool = False,
 def abstract_weights(config, mesh):
     """(graphdef, restore target of the weights: a TrainState of ShapeDtypeStructs with no
     optimizer state, on `mesh`'s shardings) -- for loading a finished run."""
-    rng = jax.random.key(config.seed)
-
-    def init():
-        _, params, batch_stats = _split(build_model(config, rng))
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-                          opt_state=None, ema_params=params, ema_batch_stats=batch_stats)
-
-    graphdef = nnx.graphdef(nnx.eval_shape(lambda: build_model(config, rng)))
-    abstract = jax.eval_shape(init)
+    graphdef, params, batch_stats = _split(abstract_model(config))
+    abstract = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params,
+                          batch_stats=batch_stats, opt_state=None, ema_params=params,
+                          ema_batch_stats=batch_stats)
     return graphdef, abstract_state_like(abstract, sharding.state_shardings(
         mesh, abstract, config.get("mesh")))
 
