@@ -24,12 +24,11 @@ def cpu_friendly_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_
                       dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
     """Drop-in for `lax.conv_general_dilated` (as `nnx.Conv(conv_general_dilated=...)`).
 
-    Same result (up to float rounding). On CPU, for NHWC: 1x1 convolutions as (strided slice +)
-    matmul, whose gradients are two more matmuls (XLA:CPU runs a 1x1 conv's kernel gradient as
-    a conv with a whole-image window: 1.9x slower over EfficientNet-Lite0's 1x1 shapes,
-    bench/cpu_convs.py); im2col + matmul for small outputs, where XLA's own convolution is
-    ~100x slower; depthwise convolutions as shifted multiply-adds (`depthwise_conv_shifted`).
-    Everything else goes to lax unchanged.
+    Same result (up to float rounding). On CPU, for NHWC: im2col + matmul for small outputs,
+    where XLA's own convolution is ~100x slower; depthwise convolutions as shifted
+    multiply-adds (`depthwise_conv_shifted`). Everything else goes to lax unchanged (1x1 convs
+    included: under the project's XLA flags, `deepfake_jax/xla_options.py`, lax's 1x1 convs train
+    EfficientNet-Lite0 1.14x faster than matmuls and ResNet-50 as fast, bench/model_variants.py).
     """
     def fallback():
         return lax.conv_general_dilated(
@@ -50,10 +49,6 @@ def cpu_friendly_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_
     kh, kw, cin, cout = rhs.shape
     (pt, pb), (pl, pr) = padding
     sh, sw = window_strides
-    if kh == kw == 1 and pt == pb == pl == pr == 0:
-        x = lhs[:, ::sh, ::sw, :] if (sh, sw) != (1, 1) else lhs
-        out = jnp.matmul(x, rhs.reshape(cin, cout), precision=precision)
-        return out.astype(kwargs.get("preferred_element_type") or out.dtype)
     h, w = lhs.shape[1] + pt + pb, lhs.shape[2] + pl + pr
     oh, ow = (h - kh) // sh + 1, (w - kw) // sw + 1
     if oh * ow > _MAX_POSITIONS_FOR_MATMUL:

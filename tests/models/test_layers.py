@@ -15,9 +15,9 @@ def _lax(x, w, s, p):
 @pytest.mark.parametrize("size,k,stride,pad", [
     (2, 3, 1, 1),   # 4 output positions: matmul path
     (4, 3, 2, 1),   # strided, 4 positions: matmul path
-    (3, 1, 1, 0),   # 1x1 conv: matmul
-    (6, 1, 2, 0),   # strided 1x1 (ResNet's downsampling shortcut): slice + matmul
-    (9, 1, 1, 0),   # 1x1 over 81 positions: still matmul
+    (3, 1, 1, 0),   # 1x1 conv over 9 positions: matmul path
+    (6, 1, 2, 0),   # strided 1x1 (ResNet's downsampling shortcut), 9 positions: matmul path
+    (9, 1, 1, 0),   # 1x1 over 81 positions: lax path
     (5, 3, 2, 0),   # no padding, odd size
     (9, 3, 1, 1),   # 81 positions: lax path
 ])

@@ -1,0 +1,144 @@
+"""A model's train (or forward) step with the model code as it is vs earlier CPU forms, in one run.
+
+    python bench/model_variants.py --model resnet50 --variants project,1x1_as_matmul
+    python bench/model_variants.py --model vit_b16 --variants project,einsum_attention [--forward]
+
+Each variant builds the trainer's real jitted step (`bench/models.py`'s `jax_tasks`: AdamW,
+clipping, EMA; 224 px, 1000 classes) with one piece of the model code swapped back to an
+earlier form, so a CPU rewrite in `models/` is kept only where it wins here:
+
+* `1x1_as_matmul`: 1x1 convolutions as (strided slice +) matmul, as `layers.cpu_friendly_conv`
+  ran them before the project set its XLA flags (`deepfake_jax/xla_options.py`);
+* `einsum_attention`: ViT attention as two einsums with the scale on the logits.
+
+The variants are timed in turn, repeat by repeat, so they share the machine's load; medians.
+Run on an idle machine with `GLIBC_TUNABLES=glibc.malloc.hugetlb=1`, as training does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import models as model_bench  # noqa: E402 (bench/models.py)
+
+
+@contextlib.contextmanager
+def _project():
+    yield
+
+
+@contextlib.contextmanager
+def _1x1_as_matmul():
+    import jax.numpy as jnp
+
+    from deepfake_jax.models import layers
+
+    current = layers.cpu_friendly_conv
+
+    def conv(lhs, rhs, window_strides, padding, *args, **kwargs):
+        pointwise = rhs.shape[:2] == (1, 1) and all(p == (0, 0) for p in padding)
+        if not pointwise or kwargs.get("feature_group_count", 1) != 1:
+            return current(lhs, rhs, window_strides, padding, *args, **kwargs)
+        sh, sw = window_strides
+        return jnp.matmul(lhs[:, ::sh, ::sw, :], rhs.reshape(rhs.shape[2], rhs.shape[3]))
+
+    layers.cpu_friendly_conv = conv  # read when a model builds its convs
+    try:
+        yield
+    finally:
+        layers.cpu_friendly_conv = current
+
+
+@contextlib.contextmanager
+def _einsum_attention():
+    import jax
+    import jax.numpy as jnp
+
+    from deepfake_jax.models import vit
+
+    current = vit.SelfAttention.__call__
+
+    def call(self, x, *, train, rngs):
+        b, t, _ = x.shape
+        split = (b, t, self.num_heads, self.head_dim)
+        q, k, v = (proj(x).reshape(split) for proj in (self.query, self.key, self.value))
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) * (self.head_dim ** -0.5)
+        probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(x.dtype)
+        dropped = self.attention_dropout(probs, deterministic=not train, rngs=rngs)
+        out = jnp.einsum("bhqk,bkhd->bqhd", dropped, v).reshape(b, t, -1)
+        return self.dropout(self.output(out), deterministic=not train, rngs=rngs), probs
+
+    vit.SelfAttention.__call__ = call  # read when the step is traced
+    try:
+        yield
+    finally:
+        vit.SelfAttention.__call__ = current
+
+
+VARIANTS = {"project": _project, "1x1_as_matmul": _1x1_as_matmul,
+            "einsum_attention": _einsum_attention}
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="resnet50", choices=sorted(model_bench.MODELS))
+    parser.add_argument("--variants", default="project,1x1_as_matmul")
+    parser.add_argument("--forward", action="store_true", help="the eval step, not training")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json", default=os.path.join(tempfile.gettempdir(),
+                                                       "deepfake_jax_bench_model_variants.json"))
+    args = parser.parse_args(argv)
+    names = args.variants.split(",")
+    unknown = sorted(set(names) - set(VARIANTS))
+    if unknown:
+        parser.error(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
+    load_before = os.getloadavg()[0]
+    steps = {}
+    for name in names:
+        with VARIANTS[name]():
+            forward, train, _, _ = model_bench.jax_tasks(
+                model_bench.MODELS[args.model], args.batch, "float32")
+            step = forward if args.forward else train
+            step()  # compiles while the variant is in place
+        step()
+        steps[name] = step
+        print(f"{name}: compiled", flush=True)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(args.repeats):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - start)
+        print(f"round {r + 1}/{args.repeats}: "
+              + ", ".join(f"{n} {ts[-1] * 1e3:.0f} ms" for n, ts in times.items()), flush=True)
+    load_after = os.getloadavg()[0]
+    medians = {name: statistics.median(ts) for name, ts in times.items()}
+    first = medians[names[0]]
+    what = "forward" if args.forward else "train step"
+    print(f"\n{args.model} {what}, batch {args.batch}, medians of {args.repeats}; load average "
+          f"{load_before:.1f} -> {load_after:.1f} on {os.cpu_count()} CPUs\n")
+    print(f"| variant | ms | img/s | speed vs {names[0]} |\n|---|---:|---:|---:|")
+    for name, m in medians.items():
+        print(f"| {name} | {m * 1e3:.0f} | {args.batch / m:.2f} | {first / m:.2f}x |")
+    result = {"model": args.model, "task": what, "batch": args.batch, "repeats": args.repeats,
+              "load_average": [load_before, load_after], "xla_flags": os.environ.get("XLA_FLAGS"),
+              "seconds": times, "median_seconds": medians}
+    with open(args.json, "w") as f:
+        json.dump(result, f, indent=2)
+    print(f"\nwrote {args.json}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
