@@ -9,7 +9,10 @@ earlier form, so a CPU rewrite in `models/` is kept only where it wins here:
 
 * `1x1_as_matmul`: 1x1 convolutions as (strided slice +) matmul, as `layers.cpu_friendly_conv`
   ran them before the project set its XLA flags (`deepfake_jax/xla_options.py`);
-* `einsum_attention`: ViT attention as two einsums with the scale on the logits.
+* `einsum_attention`: ViT attention as two einsums with the scale on the logits;
+* `reshape_max_pool`: `layers.max_pool_2x2` as a reshape + max (a reduction);
+* `no_fusion_boundary`: the logits go straight into the softmax / loss
+  (`layers.fusion_boundary` is the identity).
 
 The variants are timed in turn, repeat by repeat, so they share the machine's load; medians.
 Run on an idle machine with `GLIBC_TUNABLES=glibc.malloc.hugetlb=1`, as training does.
@@ -85,8 +88,36 @@ def _einsum_attention():
         vit.SelfAttention.__call__ = current
 
 
-VARIANTS = {"project": _project, "1x1_as_matmul": _1x1_as_matmul,
-            "einsum_attention": _einsum_attention}
+@contextlib.contextmanager
+def _swap(module_name: str, attribute: str, replacement):
+    import importlib
+
+    module = importlib.import_module(module_name)
+    current = getattr(module, attribute)
+    setattr(module, attribute, replacement)  # read when the step is traced
+    try:
+        yield
+    finally:
+        setattr(module, attribute, current)
+
+
+def _reshape_max_pool(x):
+    import jax.numpy as jnp
+
+    b, h, w, c = x.shape
+    x = x[:, : h // 2 * 2, : w // 2 * 2, :].reshape(b, h // 2, 2, w // 2, 2, c)
+    return jnp.max(x, axis=(2, 4))
+
+
+VARIANTS = {
+    "project": _project,
+    "1x1_as_matmul": _1x1_as_matmul,
+    "einsum_attention": _einsum_attention,
+    "reshape_max_pool": lambda: _swap("deepfake_jax.models.layers", "max_pool_2x2",
+                                      _reshape_max_pool),
+    "no_fusion_boundary": lambda: _swap("deepfake_jax.models.layers", "fusion_boundary",
+                                        lambda x: x),
+}
 
 
 def main(argv=None) -> dict:

@@ -128,15 +128,29 @@ _depthwise.defvjp(_depthwise_fwd, _depthwise_bwd)
 
 def max_pool_2x2(x: jax.Array) -> jax.Array:
     """2x2 max-pool, stride 2, VALID (odd edges dropped), NHWC: `nnx.max_pool(x, (2, 2),
-    strides=(2, 2), padding="VALID")` as a reshape + max on CPU. XLA:CPU's gradient of the
-    windowed max (select-and-scatter) is slower than the reduction's (bench/cpu_convs.py).
-    Values are equal; at exact ties the gradient is shared among the tied inputs instead of
-    going to the first (both are valid subgradients; ties at a ReLU's zeros get none)."""
+    strides=(2, 2), padding="VALID")` as the elementwise max of the four strided slices on
+    CPU. XLA:CPU's gradient of the windowed max (select-and-scatter) is slow, and a reduction
+    (reshape + max) lets its YNNPACK fusion pull the convolutions before it in
+    (bench/cpu_convs.py, bench/model_variants.py). Values are equal; at exact ties the gradient
+    is shared among the tied inputs instead of going to the first (both are valid
+    subgradients; ties at a ReLU's zeros get none)."""
     if jax.default_backend() != "cpu":
         return nnx.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
-    b, h, w, c = x.shape
-    x = x[:, : h // 2 * 2, : w // 2 * 2, :].reshape(b, h // 2, 2, w // 2, 2, c)
-    return jnp.max(x, axis=(2, 4))
+    h, w = x.shape[1] // 2 * 2, x.shape[2] // 2 * 2
+    rows = [x[:, i:h:2, :w] for i in (0, 1)]
+    return jnp.maximum(*(jnp.maximum(r[:, :, 0::2], r[:, :, 1::2]) for r in rows))
+
+
+def fusion_boundary(x: jax.Array) -> jax.Array:
+    """Identity that XLA:CPU's YNNPACK fusion does not cross (a reduce_precision to x's own
+    precision, which changes no bit). Put between a network's logits and the reductions after
+    them (softmax, loss): otherwise one fusion holds the reduction and the network's last
+    layers and runs them far slower (VGG-16's three dense layers + softmax at batch 8: 1.24 s
+    instead of 57 ms)."""
+    if jax.default_backend() != "cpu" or not jnp.issubdtype(x.dtype, jnp.floating):
+        return x
+    info = jnp.finfo(x.dtype)
+    return lax.reduce_precision(x, exponent_bits=info.nexp, mantissa_bits=info.nmant)
 
 
 def neighbouring_pixel_residual(x: jax.Array) -> jax.Array:
