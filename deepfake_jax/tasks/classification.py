@@ -17,6 +17,7 @@ from flax import nnx
 from deepfake_jax.data import datasets, domain_mix, input_pipeline, records
 from deepfake_jax.data.normalization import mean_std, normalize
 from deepfake_jax.evaluation import evaluators, metrics
+from deepfake_jax.models import layers
 from deepfake_jax.training import checkpointing, metric_writer, sharding
 from deepfake_jax.training.optim import lr_metrics
 from deepfake_jax.training.train_state import TrainState, TrainStep, apply_gradients
@@ -94,7 +95,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], lr_scale: jax.Arr
                 targets = mix_batch(targets, lam)
         # With MixUp, `scores` are for the mixed images and the accuracy below is measured
         # against the labels of their dominant (lam >= 0.5) example.
-        loss, scores = loss_and_scores(logits.astype(jnp.float32), labels, targets)
+        loss, scores = loss_and_scores(layers.fusion_boundary(logits.astype(jnp.float32)),
+                                       labels, targets)
         new_batch_stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
         return loss.mean(), (scores, new_batch_stats)
 
@@ -122,7 +124,8 @@ def p_fake_of_images(model, images: jax.Array, mean, std, flip_tta: bool) -> jax
     """uint8 NHWC -> p_fake (eval mode); with `flip_tta`, the mean over the image and its
     mirror (`config.eval.flip_tta`)."""
     def p_fake(x):
-        return p_fake_from_logits(model(normalize(x, mean, std), train=False).astype(jnp.float32))
+        logits = model(normalize(x, mean, std), train=False).astype(jnp.float32)
+        return p_fake_from_logits(layers.fusion_boundary(logits))
 
     if not flip_tta:
         return p_fake(images)
