@@ -28,10 +28,14 @@ float32 parameters on both sides (flax `dtype=bfloat16`; torch `autocast(bfloat1
 
 Timing: every measurement is warmed up (compilation excluded), then the JAX and PyTorch
 measurements of a model are interleaved repeat by repeat, so both see the same machine load;
-each repeat times `--steps` consecutive calls; medians are reported. Both frameworks use all
+each repeat runs one untimed call (the first after the other framework is slower) and times
+`--steps` consecutive calls; medians are reported. Both frameworks use all
 CPU cores (`torch.set_num_threads(os.cpu_count())`; XLA's default). The load average before
 and after goes into the output: on a shared machine compare ratios, not absolute numbers.
-`--xla_flags` is appended to XLA_FLAGS before JAX starts (for the CPU-flag experiments).
+`--xla_flags` is appended to XLA_FLAGS before JAX starts (for the CPU-flag experiments); the
+project's own flags (`deepfake_jax/xla_options.py`) are added on import unless XLA_FLAGS names
+them: `--xla_flags=--xla_cpu_experimental_ynn_fusion_type=+individual_convolution` measures
+jaxlib's defaults.
 """
 
 from __future__ import annotations
@@ -237,6 +241,10 @@ def jax_tasks(spec: ModelSpec, batch: int, dtype: str):
 
 
 def _time_call(fn: Callable, steps: int) -> float:
+    # The first call after the other framework ran is slower and not steady (EfficientNet-Lite0's
+    # JAX train step at batch 8: 1663, 1023, 526 ms in three rounds, then ~510 ms per call), so
+    # each task's turn starts with one untimed call.
+    fn()
     t0 = time.perf_counter()
     for _ in range(steps):
         fn()
@@ -246,7 +254,8 @@ def _time_call(fn: Callable, steps: int) -> float:
 def interleaved_medians(tasks: dict[str, Callable], repeats: int, steps: int,
                         log: Callable[[str], None]) -> dict[str, list[float]]:
     """Seconds per call of every task: one warm-up call each, then `repeats` rounds in which
-    every task runs `steps` times in turn (same load for all). Returns the per-round times."""
+    every task runs 1 untimed + `steps` timed calls in turn (same load for all). Returns the
+    per-round times."""
     for name, fn in tasks.items():
         t0 = time.perf_counter()
         fn()
