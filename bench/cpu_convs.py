@@ -4,14 +4,17 @@
 
 Per layer shape, forward and forward+gradient (both inputs) of:
 
-* 1x1 convs: `lax.conv_general_dilated` vs `layers.cpu_friendly_conv` (a matmul);
+* 3x3 convs: ResNet-50's stride-1 shapes, lax only: run the script once with
+  `XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=+individual_convolution` (jaxlib's
+  defaults) and once without (the project's flags, `deepfake_jax/xla_options.py`);
+* 1x1 convs: `lax.conv_general_dilated` (what the models run) vs a matmul;
 * depthwise convs: lax's grouped conv vs the shifted multiply-adds with autodiff's gradient
   (`_depthwise_forward` differentiated as is) vs with the written-out gradient
   (`depthwise_conv_shifted`, what the models run);
 * 2x2 max-pools (the seed CNN's at 224 px and VGG-16's): `nnx.max_pool` vs
-  `layers.max_pool_2x2` (reshape + max).
+  `layers.max_pool_2x2` (the max of four strided slices).
 
-Convs are EfficientNet-Lite0's at 224 px.
+The other convs are EfficientNet-Lite0's at 224 px.
 
 The variants of a shape are timed in turn, repeat by repeat, so they share the machine's load;
 medians in ms, summed over the network (a shape counted once per layer that has it). Run
@@ -44,6 +47,9 @@ DEPTHWISE = [(112, 32, 3, 1, 1), (112, 96, 3, 2, 1), (56, 144, 3, 1, 1), (56, 14
              (28, 240, 5, 1, 1), (28, 240, 3, 2, 1), (14, 480, 3, 1, 2), (14, 480, 5, 1, 1),
              (14, 672, 5, 1, 2), (14, 672, 5, 2, 1), (7, 1152, 5, 1, 3), (7, 1152, 3, 1, 1)]
 
+# (map size, channels in = out, layers) of ResNet-50's stride-1 3x3 convs
+DENSE_3X3 = [(56, 64, 3), (28, 128, 3), (14, 256, 5), (7, 512, 2)]
+
 # (map size, channels, layers) of the seed CNN's (224 px) and VGG-16's 2x2 max-pools
 MAXPOOL = [(222, 32, 1), (109, 64, 1), (52, 128, 1),
            (224, 64, 1), (112, 128, 1), (56, 256, 1), (28, 512, 1), (14, 512, 1)]
@@ -56,6 +62,7 @@ def same_padding(size: int, k: int, s: int) -> tuple[int, int]:
 
 def variants(kind: str, shape):
     """name -> conv(x, w) for one layer shape, and the (x, w) shapes."""
+    import jax.numpy as jnp
     from jax import lax
 
     from deepfake_jax.models import layers
@@ -67,16 +74,21 @@ def variants(kind: str, shape):
         size, c, _ = shape
         return {
             "nnx": lambda x, w: nnx.max_pool(x * w, (2, 2), strides=(2, 2), padding="VALID"),
-            "reshape_max": lambda x, w: layers.max_pool_2x2(x * w),
+            "slices_max": lambda x, w: layers.max_pool_2x2(x * w),
         }, (size, size, c), (c,)
+    if kind == "3x3":
+        size, c, _ = shape
+        return {
+            "lax": lambda x, w: lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)),
+                                                         dimension_numbers=dn),
+        }, (size, size, c), (3, 3, c, c)
     if kind == "1x1":
         size, cin, cout, _ = shape
         pads = ((0, 0), (0, 0))
         return {
             "lax": lambda x, w: lax.conv_general_dilated(x, w, (1, 1), pads,
                                                          dimension_numbers=dn),
-            "matmul": lambda x, w: layers.cpu_friendly_conv(x, w, (1, 1), pads,
-                                                            dimension_numbers=dn),
+            "matmul": lambda x, w: jnp.matmul(x, w.reshape(cin, cout)),
         }, (size, size, cin), (1, 1, cin, cout)
     size, c, k, s, _ = shape
     pads = (same_padding(size, k, s),) * 2
@@ -120,8 +132,10 @@ def main(argv=None) -> dict:
                                                        "deepfake_jax_bench_cpu_convs.json"))
     args = parser.parse_args(argv)
     load_before = os.getloadavg()[0]
-    totals: dict[str, dict[str, float]] = {"1x1": {}, "depthwise": {}, "maxpool": {}}
-    for kind, shapes in (("1x1", POINTWISE), ("depthwise", DEPTHWISE), ("maxpool", MAXPOOL)):
+    totals: dict[str, dict[str, float]] = {"3x3": {}, "1x1": {}, "depthwise": {},
+                                           "maxpool": {}}
+    for kind, shapes in (("3x3", DENSE_3X3), ("1x1", POINTWISE), ("depthwise", DEPTHWISE),
+                         ("maxpool", MAXPOOL)):
         for shape in shapes:
             medians = bench_shape(kind, shape, args.batch, args.repeats)
             print(f"{kind} {shape[:-1]} x{shape[-1]}: "
@@ -129,7 +143,8 @@ def main(argv=None) -> dict:
             for name, ms in medians.items():
                 totals[kind][name] = totals[kind].get(name, 0.0) + ms * shape[-1]
     load_after = os.getloadavg()[0]
-    print(f"\nEfficientNet-Lite0's convs and the seed CNN's + VGG-16's pools at 224 px, batch "
+    print(f"\nResNet-50's 3x3 convs, EfficientNet-Lite0's 1x1 and depthwise convs, the seed CNN's "
+          f"and VGG-16's pools at 224 px, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, batch "
           f"{args.batch}, medians of "
           f"{args.repeats}, summed over its layers (ms); load average {load_before:.1f} -> "
           f"{load_after:.1f} on {os.cpu_count()} CPUs\n")
@@ -142,6 +157,7 @@ def main(argv=None) -> dict:
                   f"{total[f'{name} grad']:.0f} | "
                   f"{base / total[f'{name} grad']:.2f}x |")
     result = dict(batch=args.batch, repeats=args.repeats, load=(load_before, load_after),
+                  xla_flags=os.environ.get("XLA_FLAGS", ""),
                   totals_ms=totals)
     with open(args.json, "w") as f:
         json.dump(result, f, indent=1)

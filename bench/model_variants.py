@@ -12,7 +12,9 @@ earlier form, so a CPU rewrite in `models/` is kept only where it wins here:
 * `einsum_attention`: ViT attention as two einsums with the scale on the logits;
 * `reshape_max_pool`: `layers.max_pool_2x2` as a reshape + max (a reduction);
 * `no_fusion_boundary`: the logits go straight into the softmax / loss
-  (`layers.fusion_boundary` is the identity).
+  (`layers.fusion_boundary` is the identity);
+* `no_kernel_gradients` (a diagnosis, not a model): the convolutions' kernels get no gradient,
+  so the step skips the kernel-gradient convolutions and the transposes XLA makes for them.
 
 The variants are timed in turn, repeat by repeat, so they share the machine's load; medians.
 Run on an idle machine with `GLIBC_TUNABLES=glibc.malloc.hugetlb=1`, as training does.
@@ -109,8 +111,27 @@ def _reshape_max_pool(x):
     return jnp.max(x, axis=(2, 4))
 
 
+@contextlib.contextmanager
+def _no_kernel_gradients():
+    import jax
+
+    from deepfake_jax.models import layers
+
+    current = layers.cpu_friendly_conv
+
+    def conv(lhs, rhs, *args, **kwargs):
+        return current(lhs, jax.lax.stop_gradient(rhs), *args, **kwargs)
+
+    layers.cpu_friendly_conv = conv
+    try:
+        yield
+    finally:
+        layers.cpu_friendly_conv = current
+
+
 VARIANTS = {
     "project": _project,
+    "no_kernel_gradients": _no_kernel_gradients,
     "1x1_as_matmul": _1x1_as_matmul,
     "einsum_attention": _einsum_attention,
     "reshape_max_pool": lambda: _swap("deepfake_jax.models.layers", "max_pool_2x2",
