@@ -111,6 +111,8 @@ def test_serving_needs_only_jax_and_numpy(exported, reference, tmp_path):
                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
     assert run.returncode == 0, run.stderr[-2000:]
     out = json.loads(run.stdout.strip().splitlines()[-1])
-    # the package and the serving module: no model, training or pipeline code
-    assert out["loaded"] == ["deepfake_jax.inference", "deepfake_jax.inference.serving"]
+    # the package (with its XLA flags, stdlib only) and the serving module: no model, training
+    # or pipeline code
+    assert out["loaded"] == ["deepfake_jax.inference", "deepfake_jax.inference.serving",
+                             "deepfake_jax.xla_options"]
     np.testing.assert_allclose(out["p_fake"], expected, atol=1e-5)
