@@ -18,7 +18,8 @@ Per model (one-logit detector head, as `predict` scores p_fake), the same random
 
 Throughput = images/s at `--batch` (median over `--repeats`); latency = median ms of one
 image (batch 1) over `--latency_calls` calls. Compilation and first calls are excluded; all
-paths are interleaved call by call so that they share the machine's load. Ratios are against
+paths are interleaved call by call so that they share the machine's load, each timed call
+after one untimed call (`bench/models.py`'s `interleaved_medians`). Ratios are against
 `torch_fp32`.
 """
 
