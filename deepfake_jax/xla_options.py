@@ -10,7 +10,6 @@ JAX computation gets them. A flag already named in XLA_FLAGS is left as the user
 from __future__ import annotations
 
 import os
-from importlib import metadata
 
 CPU_FLAGS = {"xla_cpu_experimental_ynn_fusion_type": "-individual_convolution"}
 # An unknown name in XLA_FLAGS aborts XLA, so the flags go only to jaxlib versions they were
@@ -19,10 +18,12 @@ CHECKED_JAXLIB = ((0, 10),)
 
 
 def _jaxlib_version() -> tuple[int, int] | None:
-    try:
-        major, minor = metadata.version("jaxlib").split(".")[:2]
+    try:  # jaxlib.version is what jax reads too: cheaper than importlib.metadata at start-up
+        from jaxlib import version
+
+        major, minor = version.__version__.split(".")[:2]
         return int(major), int(minor)
-    except (metadata.PackageNotFoundError, ValueError):
+    except (ImportError, ValueError):
         return None
 
 
