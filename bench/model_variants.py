@@ -38,17 +38,25 @@ import models as model_bench  # noqa: E402 (bench/models.py)
 
 
 @contextlib.contextmanager
-def _project():
-    yield
+def _swap(owner: str, attribute: str, make_replacement):
+    """Sets `owner.attribute` to `make_replacement(current)` while the step is built and traced
+    (`owner`: a module, or module:Class)."""
+    import importlib
+
+    module_name, _, class_name = owner.partition(":")
+    target = importlib.import_module(module_name)
+    if class_name:
+        target = getattr(target, class_name)
+    current = getattr(target, attribute)
+    setattr(target, attribute, make_replacement(current))
+    try:
+        yield
+    finally:
+        setattr(target, attribute, current)
 
 
-@contextlib.contextmanager
-def _1x1_as_matmul():
+def _1x1_as_matmul(current):
     import jax.numpy as jnp
-
-    from deepfake_jax.models import layers
-
-    current = layers.cpu_friendly_conv
 
     def conv(lhs, rhs, window_strides, padding, *args, **kwargs):
         pointwise = rhs.shape[:2] == (1, 1) and all(p == (0, 0) for p in padding)
@@ -57,21 +65,19 @@ def _1x1_as_matmul():
         sh, sw = window_strides
         return jnp.matmul(lhs[:, ::sh, ::sw, :], rhs.reshape(rhs.shape[2], rhs.shape[3]))
 
-    layers.cpu_friendly_conv = conv  # read when a model builds its convs
-    try:
-        yield
-    finally:
-        layers.cpu_friendly_conv = current
+    return conv
 
 
-@contextlib.contextmanager
-def _einsum_attention():
+def _no_kernel_gradients(current):
+    import jax
+
+    return lambda lhs, rhs, *args, **kwargs: current(lhs, jax.lax.stop_gradient(rhs), *args,
+                                                     **kwargs)
+
+
+def _einsum_attention(current):
     import jax
     import jax.numpy as jnp
-
-    from deepfake_jax.models import vit
-
-    current = vit.SelfAttention.__call__
 
     def call(self, x, *, train, rngs):
         b, t, _ = x.shape
@@ -83,61 +89,29 @@ def _einsum_attention():
         out = jnp.einsum("bhqk,bkhd->bqhd", dropped, v).reshape(b, t, -1)
         return self.dropout(self.output(out), deterministic=not train, rngs=rngs), probs
 
-    vit.SelfAttention.__call__ = call  # read when the step is traced
-    try:
-        yield
-    finally:
-        vit.SelfAttention.__call__ = current
+    return call
 
 
-@contextlib.contextmanager
-def _swap(module_name: str, attribute: str, replacement):
-    import importlib
-
-    module = importlib.import_module(module_name)
-    current = getattr(module, attribute)
-    setattr(module, attribute, replacement)  # read when the step is traced
-    try:
-        yield
-    finally:
-        setattr(module, attribute, current)
-
-
-def _reshape_max_pool(x):
+def _reshape_max_pool(current):
     import jax.numpy as jnp
 
-    b, h, w, c = x.shape
-    x = x[:, : h // 2 * 2, : w // 2 * 2, :].reshape(b, h // 2, 2, w // 2, 2, c)
-    return jnp.max(x, axis=(2, 4))
+    def pool(x):
+        b, h, w, c = x.shape
+        x = x[:, : h // 2 * 2, : w // 2 * 2, :].reshape(b, h // 2, 2, w // 2, 2, c)
+        return jnp.max(x, axis=(2, 4))
+
+    return pool
 
 
-@contextlib.contextmanager
-def _no_kernel_gradients():
-    import jax
-
-    from deepfake_jax.models import layers
-
-    current = layers.cpu_friendly_conv
-
-    def conv(lhs, rhs, *args, **kwargs):
-        return current(lhs, jax.lax.stop_gradient(rhs), *args, **kwargs)
-
-    layers.cpu_friendly_conv = conv
-    try:
-        yield
-    finally:
-        layers.cpu_friendly_conv = current
-
-
+_LAYERS = "deepfake_jax.models.layers"
 VARIANTS = {
-    "project": _project,
-    "no_kernel_gradients": _no_kernel_gradients,
-    "1x1_as_matmul": _1x1_as_matmul,
-    "einsum_attention": _einsum_attention,
-    "reshape_max_pool": lambda: _swap("deepfake_jax.models.layers", "max_pool_2x2",
-                                      _reshape_max_pool),
-    "no_fusion_boundary": lambda: _swap("deepfake_jax.models.layers", "fusion_boundary",
-                                        lambda x: x),
+    "project": contextlib.nullcontext,
+    "no_kernel_gradients": lambda: _swap(_LAYERS, "cpu_friendly_conv", _no_kernel_gradients),
+    "1x1_as_matmul": lambda: _swap(_LAYERS, "cpu_friendly_conv", _1x1_as_matmul),
+    "einsum_attention": lambda: _swap("deepfake_jax.models.vit:SelfAttention", "__call__",
+                                      _einsum_attention),
+    "reshape_max_pool": lambda: _swap(_LAYERS, "max_pool_2x2", _reshape_max_pool),
+    "no_fusion_boundary": lambda: _swap(_LAYERS, "fusion_boundary", lambda current: lambda x: x),
 }
 
 
