@@ -28,7 +28,7 @@ def cpu_friendly_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_
     where XLA's own convolution is ~100x slower; depthwise convolutions as shifted
     multiply-adds (`depthwise_conv_shifted`). Everything else goes to lax unchanged (1x1 convs
     included: under the project's XLA flags, `deepfake_jax/xla_options.py`, lax's 1x1 convs train
-    EfficientNet-Lite0 1.14x faster than matmuls and ResNet-50 as fast, bench/model_variants.py).
+    EfficientNet-Lite0 1.19x faster than matmuls and ResNet-50 as fast, bench/model_variants.py).
     """
     def fallback():
         return lax.conv_general_dilated(
