@@ -1,7 +1,7 @@
 """Augmentation throughput per CPU core at 224 px, next to pure JPEG decoding in the same run.
 
     python bench/augment_throughput.py [--images_dir DIR] [--images 256] [--image_size 256]
-        [--crop 224] [--repeats 5]
+        [--crop 224] [--repeats 5] [--json PATH]
 
 Rates are images per CPU-second of this process (`time.process_time`), i.e. per core: OpenCV
 is pinned to one thread, and CPU time, unlike wall time, does not count the time other
@@ -10,18 +10,21 @@ processes on a shared machine take from us. Medians over `--repeats` passes.
 Row (a0): `cv2.imdecode` with glibc's default malloc settings, timed first; then the process
 switches to the input pipeline's (`pipeline_tuning.keep_freed_memory`, which saves each decode
 page-faulting a fresh output buffer), which every later row, (a) included, runs under.
-Rows: (a) `cv2.imdecode` alone (the floor every pipeline pays); (b) the project's checked RGB
-decode; decode + random crop + flip + preset none / light / strong; each op alone on 224-px
-crops (prob 1, default ranges) and decode + crop + that op; last, the grain training
-pipeline (ArrayRecord read, msgpack, shuffle, decode, augment, batch; no threads). "vs (a)" is the
+Rows: (a) `cv2.imdecode` alone (the floor every pipeline pays); (a2) `simplejpeg.decode_jpeg`
+alone (the decoder `image_io` uses for plain JPEGs); (b) the project's checked RGB decode;
+decode + random crop + flip + preset none / light / strong; each op alone on 224-px crops
+(prob 1, default ranges) and decode + crop + that op; last, the grain training pipeline
+(ArrayRecord read, msgpack, shuffle, decode, augment, batch; no threads). "vs (a)" is the
 rate relative to pure decoding timed alongside in each repeat (goal for the strong preset:
->= 0.5).
+>= 0.5). The table also goes to --json, with the load average before and after.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import glob
+import json
 import os
 import statistics
 import sys
@@ -102,9 +105,13 @@ def main() -> None:
     parser.add_argument("--image_size", type=int, default=256, help="synthetic images only")
     parser.add_argument("--crop", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json", default=os.path.join(tempfile.gettempdir(),
+                                                       "deepfake_jax_bench_augment.json"))
     args = parser.parse_args()
+    load_before = os.getloadavg()[0]
 
     import cv2
+    import simplejpeg
 
     from deepfake_jax.data import augment, input_pipeline, pipeline_tuning
     from deepfake_jax.data.image_io import decode_image_rgb
@@ -125,6 +132,8 @@ def main() -> None:
         tuned = pipeline_tuning.keep_freed_memory()
         rows.append((f"(a) cv2.imdecode only{'' if tuned else ' (malloc not tuned)'}",
                      *measure(decode)))
+        rows.append(("(a2) simplejpeg.decode_jpeg only", *measure(
+            lambda: [simplejpeg.decode_jpeg(b, colorspace="RGB") for b in blobs])))
         rows.append(("(b) decode_image_rgb (RGB, checks)",
                      *measure(lambda: [decode_image_rgb(b) for b in blobs])))
 
@@ -177,6 +186,16 @@ def main() -> None:
             continue
         ratio_s = "" if ratio != ratio else f"{ratio:.2f}x"  # NaN: not measured with decode
         print(f"{label:58s} {rate:14.0f} {ratio_s:>8s}")
+    meta = {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "command": " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:]]),
+            "images": what, "cpu_count": os.cpu_count(), "opencv": cv2.__version__,
+            "simplejpeg": simplejpeg.__version__,
+            "load_avg_1min_before_after": [load_before, os.getloadavg()[0]]}
+    table = [{"what": label, "images_per_cpu_s": rate, "vs_a": None if ratio != ratio else ratio}
+             for label, rate, ratio in rows if rate is not None]
+    with open(args.json, "w") as f:
+        json.dump({"meta": meta, "rows": table}, f, indent=1)
+    print(f"load average {meta['load_avg_1min_before_after']}; wrote {args.json}")
 
 
 if __name__ == "__main__":

@@ -1,3 +1,4 @@
+import cv2
 import numpy as np
 import pytest
 
@@ -162,6 +163,11 @@ def test_jpeg_decodes_to_the_same_size_and_quality_orders_the_error():
     assert err(95) < err(50) < err(10)
     out = augment.apply_op("jpeg", image, _rng(), quality=(20, 20))
     np.testing.assert_array_equal(out, augment_ops.jpeg_recompress(image, 20))
+    for quality in (20, 75, 100):  # OpenCV's encoder, then the same pixels as cv2.imdecode
+        ok, enc = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
+                               [cv2.IMWRITE_JPEG_QUALITY, quality])
+        np.testing.assert_array_equal(augment_ops.jpeg_recompress(image, quality),
+                                      cv2.imdecode(enc, cv2.IMREAD_COLOR_RGB))
 
 
 def test_noise_has_the_requested_sigma_and_blur_smooths():

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from deepfake_jax.data import image_io
 from deepfake_jax.data.image_io import ImageDecodeError, decode_image_rgb, probe_image
 
 
@@ -101,6 +102,64 @@ def test_exif_orientation_applied():
     data = _pil_bytes(Image.fromarray(_base()), "JPEG", exif=ex)
     assert probe_image(data)["orientation"] == 6
     assert decode_image_rgb(data).shape == (32, 24, 3)
+
+
+def _smooth(h=61, w=47):
+    return cv2.GaussianBlur(_base(h, w), (5, 5), 1.5)  # JPEG-like content, odd sizes
+
+
+_SAMPLING = {name: [cv2.IMWRITE_JPEG_SAMPLING_FACTOR,
+                    getattr(cv2, f"IMWRITE_JPEG_SAMPLING_FACTOR_{name}")]
+             for name in ("411", "420", "422", "444")}
+
+
+@pytest.mark.parametrize("kind", [*_SAMPLING, "progressive", "grey"])
+def test_plain_jpeg_fast_path_decodes_the_pixels_opencv_decodes(kind):
+    image = _smooth()
+    params = {"progressive": [cv2.IMWRITE_JPEG_PROGRESSIVE, 1]}.get(kind, _SAMPLING.get(kind, []))
+    ok, enc = cv2.imencode(".jpg", image[..., 0] if kind == "grey" else image, params)
+    assert ok
+    fast = image_io._decode_plain_jpeg(enc.tobytes())
+    assert fast is not None, "a plain JPEG takes the simplejpeg path"
+    _check(fast, image.shape[:2])
+    np.testing.assert_array_equal(fast, cv2.imdecode(enc, cv2.IMREAD_COLOR_RGB))
+    np.testing.assert_array_equal(decode_image_rgb(enc.tobytes()), fast)
+
+
+def _exif_jpeg(orientation=None, byte_order="<"):
+    ex = Image.Exif()
+    if orientation is not None:
+        ex[0x0112] = orientation
+    ex[0x010F] = "camera maker"
+    ex.endian = byte_order  # cameras write both "II" and "MM"
+    data = _pil_bytes(Image.fromarray(_smooth()), "JPEG", exif=ex)
+    assert (b"Exif\x00\x00" + {"<": b"II", ">": b"MM"}[byte_order]) in data
+    return data
+
+
+@pytest.mark.parametrize("byte_order", ["<", ">"])
+def test_exif_orientation_is_read_in_both_byte_orders(byte_order):
+    assert image_io._jpeg_orientation(_exif_jpeg(6, byte_order)) == 6
+    assert image_io._jpeg_orientation(_exif_jpeg(None, byte_order)) == 1
+    assert image_io._jpeg_orientation(_pil_bytes(Image.fromarray(_smooth()), "JPEG")) == 1
+
+
+def test_fast_path_leaves_rotated_cmyk_truncated_and_damaged_jpegs_to_the_general_path():
+    rotated = _exif_jpeg(6)
+    assert image_io._decode_plain_jpeg(rotated) is None
+    assert decode_image_rgb(rotated).shape == (47, 61, 3)
+    upright = _exif_jpeg(1)
+    np.testing.assert_array_equal(
+        image_io._decode_plain_jpeg(upright),
+        cv2.imdecode(np.frombuffer(upright, np.uint8), cv2.IMREAD_COLOR_RGB))
+    cmyk = _pil_bytes(Image.fromarray(_smooth()).convert("CMYK"), "JPEG")
+    assert image_io._decode_plain_jpeg(cmyk) is None
+    plain = _pil_bytes(Image.fromarray(_smooth()), "JPEG")
+    assert image_io._decode_plain_jpeg(plain[:-2]) is None  # no end marker
+    damaged = plain[: len(plain) // 2] + b"\x00" * (len(plain) // 2 - 2) + plain[-2:]
+    assert image_io._decode_plain_jpeg(damaged) is None  # libjpeg warns: the general path decides
+    broken_exif = upright.replace(b"Exif\x00\x00II", b"Exif\x00\x00XY", 1)
+    assert image_io._jpeg_orientation(broken_exif) is None
 
 
 def test_jpeg_trailing_bytes_accepted():
