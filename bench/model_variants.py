@@ -10,6 +10,8 @@ earlier form, so a CPU rewrite in `models/` is kept only where it wins here:
 * `1x1_as_matmul`: 1x1 convolutions as (strided slice +) matmul, as `layers.cpu_friendly_conv`
   ran them before the project set its XLA flags (`deepfake_jax/xla_options.py`);
 * `einsum_attention`: ViT attention as two einsums with the scale on the logits;
+* `softmax_then_values`: ViT's attention as `softmax(logits) @ v` (the division before the
+  product with v);
 * `reshape_max_pool`: `layers.max_pool_2x2` as a reshape + max (a reduction);
 * `no_fusion_boundary`: the logits go straight into the softmax / loss
   (`layers.fusion_boundary` is the identity);
@@ -92,6 +94,19 @@ def _einsum_attention(current):
     return call
 
 
+def _softmax_then_values(current):
+    import jax
+
+    def attend(self, logits, v, *, train, rngs):
+        probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+        dropped = self.attention_dropout(probs, deterministic=not train, rngs=rngs)
+        out = dropped @ v
+        b, _, t, _ = out.shape
+        return out.transpose(0, 2, 1, 3).reshape(b, t, -1)
+
+    return attend
+
+
 def _reshape_max_pool(current):
     import jax.numpy as jnp
 
@@ -110,6 +125,8 @@ VARIANTS = {
     "1x1_as_matmul": lambda: _swap(_LAYERS, "cpu_friendly_conv", _1x1_as_matmul),
     "einsum_attention": lambda: _swap("deepfake_jax.models.vit:SelfAttention", "__call__",
                                       _einsum_attention),
+    "softmax_then_values": lambda: _swap("deepfake_jax.models.vit:SelfAttention", "attend",
+                                         _softmax_then_values),
     "reshape_max_pool": lambda: _swap(_LAYERS, "max_pool_2x2", _reshape_max_pool),
     "no_fusion_boundary": lambda: _swap(_LAYERS, "fusion_boundary", lambda current: lambda x: x),
 }

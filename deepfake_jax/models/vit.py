@@ -149,11 +149,25 @@ class SelfAttention(nnx.Module):
         # for the ViT variants, so scaling q first changes no bit of the logits.
         q, k, v = (proj(x).reshape(split).transpose(0, 2, 1, 3)
                    for proj in (self.query, self.key, self.value))
-        logits = (q * (self.head_dim ** -0.5)) @ k.transpose(0, 1, 3, 2)
-        probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(x.dtype)
-        dropped = self.attention_dropout(probs, deterministic=not train, rngs=rngs)
-        out = (dropped @ v).transpose(0, 2, 1, 3).reshape(b, t, -1)
-        return self.dropout(self.output(out), deterministic=not train, rngs=rngs), probs
+        logits = ((q * (self.head_dim ** -0.5)) @ k.transpose(0, 1, 3, 2)).astype(jnp.float32)
+        out = self.dropout(self.output(self.attend(logits, v, train=train, rngs=rngs)),
+                           deterministic=not train, rngs=rngs)
+        # The maps for attention rollout; XLA drops them where nothing reads them.
+        return out, jax.nn.softmax(logits, axis=-1).astype(x.dtype)
+
+    def attend(self, logits: jax.Array, v: jax.Array, *, train: bool, rngs) -> jax.Array:
+        """softmax(logits) @ v, heads merged: (B, T, D). The softmax's division comes after the
+        product with v (one multiply per output, not per logit); XLA:CPU then runs the forward
+        of this block 2x and its gradient 1.2x faster than `softmax @ v`
+        (docs/cpu_benchmarks.md). Dropout on the unnormalised weights is the same as on the
+        probabilities: a row's scale commutes with the mask."""
+        weights = jnp.exp(logits - jax.lax.stop_gradient(logits.max(-1, keepdims=True)))
+        inverse_sum = (1.0 / weights.sum(-1, keepdims=True)).astype(v.dtype)
+        dropped = self.attention_dropout(weights.astype(v.dtype), deterministic=not train,
+                                         rngs=rngs)
+        out = (dropped @ v) * inverse_sum
+        b, _, t, _ = out.shape
+        return out.transpose(0, 2, 1, 3).reshape(b, t, -1)
 
 
 class EncoderBlock(nnx.Module):
