@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from deepfake_jax.models import count_params
-from deepfake_jax.models.vit import _VARIANTS, VARIANTS, ViT, resize_pos_embed
+from deepfake_jax.models.vit import _VARIANTS, VARIANTS, SelfAttention, ViT, resize_pos_embed
 from deepfake_jax.weights import vit_hf
 from deepfake_jax.weights.common import flatten
 
@@ -81,6 +81,32 @@ def test_dropout_only_in_train_and_deterministic_per_key():
     c = model(x, train=True, rngs=nnx.Rngs(dropout=8))
     np.testing.assert_array_equal(a, b)
     assert not np.allclose(a, ev) and not np.allclose(a, c)
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_attend_equals_softmax_then_values_with_gradients(train):
+    # The CPU form (division after the product with v) against the textbook one, dropout
+    # included: the same dropout key masks the same (row-scaled) entries.
+    attention = SelfAttention(32, 2, attention_dropout=0.3, hidden_dropout=0.0, qkv_bias=True,
+                              rngs=nnx.Rngs(0), dtype=None, param_dtype=jnp.float32)
+    keys = jax.random.split(jax.random.key(3), 2)
+    logits = 4.0 * jax.random.normal(keys[0], (2, 2, 17, 17))
+    v = jax.random.normal(keys[1], (2, 2, 17, 16))
+
+    def textbook(logits, v):
+        probs = attention.attention_dropout(jax.nn.softmax(logits, axis=-1),
+                                            deterministic=not train, rngs=nnx.Rngs(dropout=5))
+        return (probs @ v).transpose(0, 2, 1, 3).reshape(2, 17, -1)
+
+    def cpu_form(logits, v):
+        return attention.attend(logits, v, train=train, rngs=nnx.Rngs(dropout=5))
+
+    np.testing.assert_allclose(cpu_form(logits, v), textbook(logits, v), rtol=1e-5, atol=1e-6)
+    weights = jax.random.normal(jax.random.key(4), (2, 17, 32))
+    grads = [jax.grad(lambda lg, v, f=f: jnp.sum(f(lg, v) * weights), argnums=(0, 1))(logits, v)
+             for f in (cpu_form, textbook)]
+    for ours, reference in zip(*grads, strict=True):
+        np.testing.assert_allclose(ours, reference, rtol=1e-4, atol=1e-6)
 
 
 def test_grad_through_split_merge():
