@@ -13,6 +13,8 @@ earlier form, so a CPU rewrite in `models/` is kept only where it wins here:
 * `softmax_then_values`: ViT's attention as `softmax(logits) @ v` (the division before the
   product with v);
 * `reshape_max_pool`: `layers.max_pool_2x2` as a reshape + max (a reduction);
+* `slices_max_pool`: `layers.max_pool_2x2` as the max of four strided slices with JAX's own
+  gradient (ties shared);
 * `no_fusion_boundary`: the logits go straight into the softmax / loss
   (`layers.fusion_boundary` is the identity);
 * `no_kernel_gradients` (a diagnosis, not a model): the convolutions' kernels get no gradient,
@@ -118,6 +120,17 @@ def _reshape_max_pool(current):
     return pool
 
 
+def _slices_max_pool(current):
+    import jax.numpy as jnp
+
+    def pool(x):
+        h, w = x.shape[1] // 2 * 2, x.shape[2] // 2 * 2
+        rows = [x[:, i:h:2, :w] for i in (0, 1)]
+        return jnp.maximum(*(jnp.maximum(r[:, :, 0::2], r[:, :, 1::2]) for r in rows))
+
+    return pool
+
+
 _LAYERS = "deepfake_jax.models.layers"
 VARIANTS = {
     "project": contextlib.nullcontext,
@@ -128,6 +141,7 @@ VARIANTS = {
     "softmax_then_values": lambda: _swap("deepfake_jax.models.vit:SelfAttention", "attend",
                                          _softmax_then_values),
     "reshape_max_pool": lambda: _swap(_LAYERS, "max_pool_2x2", _reshape_max_pool),
+    "slices_max_pool": lambda: _swap(_LAYERS, "max_pool_2x2", _slices_max_pool),
     "no_fusion_boundary": lambda: _swap(_LAYERS, "fusion_boundary", lambda current: lambda x: x),
 }
 

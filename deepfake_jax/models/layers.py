@@ -128,17 +128,52 @@ _depthwise.defvjp(_depthwise_fwd, _depthwise_bwd)
 
 def max_pool_2x2(x: jax.Array) -> jax.Array:
     """2x2 max-pool, stride 2, VALID (odd edges dropped), NHWC: `nnx.max_pool(x, (2, 2),
-    strides=(2, 2), padding="VALID")` as the elementwise max of the four strided slices on
-    CPU. XLA:CPU's gradient of the windowed max (select-and-scatter) is slow, and a reduction
-    (reshape + max) lets its YNNPACK fusion pull the convolutions before it in
-    (bench/cpu_convs.py, bench/model_variants.py). Values are equal; at exact ties the gradient
-    is shared among the tied inputs instead of going to the first (both are valid
-    subgradients; ties at a ReLU's zeros get none)."""
+    strides=(2, 2), padding="VALID")`, on CPU as the elementwise max of the four strided
+    slices with a custom gradient. XLA:CPU's gradient of the windowed max (select-and-scatter)
+    is slow, and a reduction (reshape + max) lets its YNNPACK fusion pull the convolutions
+    before it in (bench/cpu_convs.py, bench/model_variants.py). Values and gradients are
+    equal to the windowed max's: the gradient goes to the first maximum of each window."""
     if jax.default_backend() != "cpu":
         return nnx.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+    return _max_pool_2x2(x)
+
+
+def _window_taps(x: jax.Array) -> tuple[jax.Array, ...]:
+    """The four strided slices of the 2x2 windows, in window order (row-major)."""
     h, w = x.shape[1] // 2 * 2, x.shape[2] // 2 * 2
-    rows = [x[:, i:h:2, :w] for i in (0, 1)]
-    return jnp.maximum(*(jnp.maximum(r[:, :, 0::2], r[:, :, 1::2]) for r in rows))
+    return tuple(x[:, i:h:2, j:w:2] for i in (0, 1) for j in (0, 1))
+
+
+@jax.custom_vjp
+def _max_pool_2x2(x: jax.Array) -> jax.Array:
+    top_left, top_right, bottom_left, bottom_right = _window_taps(x)
+    return jnp.maximum(jnp.maximum(top_left, top_right), jnp.maximum(bottom_left, bottom_right))
+
+
+def _max_pool_2x2_fwd(x):
+    out = _max_pool_2x2(x)
+    return out, (x, out)
+
+
+def _max_pool_2x2_bwd(residuals, g):
+    # The gradient of each window goes to its first maximum (as select-and-scatter does), built
+    # by interleaving the four taps' shares: one elementwise pass, no scatter and no pad per tap
+    # (jnp.maximum's own gradient splits ties and costs 1.9x as much in the seed CNN's step).
+    x, out = residuals
+    taken = jnp.zeros(out.shape, bool)
+    shares = []
+    for tap in _window_taps(x):
+        first = (tap == out) & ~taken
+        taken = taken | first
+        shares.append(jnp.where(first, g, jnp.zeros_like(g)))
+    b, h2, w2, c = out.shape
+    rows = [jnp.stack(shares[i:i + 2], axis=3).reshape(b, h2, 2 * w2, c) for i in (0, 2)]
+    dx = jnp.stack(rows, axis=2).reshape(b, 2 * h2, 2 * w2, c)
+    pad = ((0, 0), (0, x.shape[1] - 2 * h2), (0, x.shape[2] - 2 * w2), (0, 0))
+    return (jnp.pad(dx, pad) if any(p[1] for p in pad) else dx,)
+
+
+_max_pool_2x2.defvjp(_max_pool_2x2_fwd, _max_pool_2x2_bwd)
 
 
 def fusion_boundary(x: jax.Array) -> jax.Array:

@@ -91,7 +91,16 @@ def test_max_pool_2x2_matches_nnx_values_and_gradients(shape):
     x = jax.random.normal(jax.random.key(3), shape)
     ref = lambda x: nnx.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
     np.testing.assert_array_equal(max_pool_2x2(x), ref(x))
-    # After a ReLU (as in the models): ties at zero get zero gradient either way.
-    loss = lambda pool: lambda x: jnp.sum(jnp.sin(pool(jax.nn.relu(x))))
-    np.testing.assert_allclose(jax.grad(loss(max_pool_2x2))(x), jax.grad(loss(ref))(x),
-                               atol=1e-6)
+
+    def loss(pool):
+        def f(x):
+            out = pool(x)
+            return jnp.sum(jnp.sin(out) * jnp.arange(1.0, 1.0 + out.size).reshape(out.shape))
+        return f
+
+    np.testing.assert_array_equal(jax.grad(loss(max_pool_2x2))(x), jax.grad(loss(ref))(x))
+    # Ties (a few distinct values, and a ReLU's zeros): each window's first maximum gets it all.
+    tied = jnp.round(x)
+    np.testing.assert_array_equal(jax.grad(loss(max_pool_2x2))(tied), jax.grad(loss(ref))(tied))
+    relu = lambda pool: lambda x: loss(pool)(jax.nn.relu(x))
+    np.testing.assert_array_equal(jax.grad(relu(max_pool_2x2))(tied), jax.grad(relu(ref))(tied))
