@@ -15,6 +15,8 @@ earlier form, so a CPU rewrite in `models/` is kept only where it wins here:
 * `reshape_max_pool`: `layers.max_pool_2x2` as a reshape + max (a reduction);
 * `slices_max_pool`: `layers.max_pool_2x2` as the max of four strided slices with JAX's own
   gradient (ties shared);
+* `lax_few_channel_convs`: convolutions of few input channels (RGB stems) by lax, not as a
+  shifted sum (`layers._few_channel_conv`);
 * `no_fusion_boundary`: the logits go straight into the softmax / loss
   (`layers.fusion_boundary` is the identity);
 * `no_kernel_gradients` (a diagnosis, not a model): the convolutions' kernels get no gradient,
@@ -142,6 +144,8 @@ VARIANTS = {
                                          _softmax_then_values),
     "reshape_max_pool": lambda: _swap(_LAYERS, "max_pool_2x2", _reshape_max_pool),
     "slices_max_pool": lambda: _swap(_LAYERS, "max_pool_2x2", _slices_max_pool),
+    "lax_few_channel_convs": lambda: _swap(_LAYERS, "_MAX_TERMS_FOR_SHIFTED_SUM",
+                                           lambda current: 0),
     "no_fusion_boundary": lambda: _swap(_LAYERS, "fusion_boundary", lambda current: lambda x: x),
 }
 

@@ -35,6 +35,31 @@ def test_matches_lax_conv_values_and_gradients(size, k, stride, pad):
         np.testing.assert_allclose(a, b, atol=1e-3, rtol=1e-4)
 
 
+@pytest.mark.parametrize("cin,k,stride,pads", [
+    (3, 3, 1, ((0, 0), (0, 0))),   # the seed CNN's first conv: shifted-sum path
+    (3, 3, 1, ((1, 1), (1, 1))),   # VGG-16's
+    (3, 3, 2, ((0, 1), (0, 1))),   # EfficientNet-Lite0's stem (TF SAME, stride 2)
+    (1, 5, 2, ((2, 2), (1, 2))),   # one channel, odd and asymmetric
+    (4, 3, 1, ((1, 1), (1, 1))),   # 36 terms: lax path
+])
+def test_few_channel_convs_match_lax_values_and_gradients(cin, k, stride, pads):
+    kx, kw = jax.random.split(jax.random.key(1))
+    x = jax.random.normal(kx, (2, 11, 10, cin))
+    w = jax.random.normal(kw, (k, k, cin, 6))
+    ref = lambda x, w: jax.lax.conv_general_dilated(x, w, (stride, stride), pads,
+                                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    ours = lambda x, w: cpu_friendly_conv(x, w, (stride, stride), pads,
+                                          dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    np.testing.assert_allclose(ours(x, w), ref(x, w), rtol=1e-5, atol=1e-5)
+    loss = lambda conv: lambda x, w: jnp.sum(jnp.sin(conv(x, w)))
+    for a, b in zip(jax.grad(loss(ours), argnums=(0, 1))(x, w),
+                    jax.grad(loss(ref), argnums=(0, 1))(x, w), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    if cin * k * k <= 27:  # the shifted sum, not lax's convolution, computed the values
+        hlo = jax.jit(ours).lower(x, w).as_text()
+        assert "convolution" not in hlo
+
+
 def test_works_inside_nnx_conv_with_bias():
     conv = nnx.Conv(4, 6, (3, 3), padding=((1, 1), (1, 1)), rngs=nnx.Rngs(0),
                     conv_general_dilated=cpu_friendly_conv)
