@@ -17,8 +17,8 @@ earlier form, so a CPU rewrite in `models/` is kept only where it wins here:
   gradient (ties shared);
 * `lax_few_channel_convs`: convolutions of few input channels (RGB stems) by lax, not as a
   shifted sum (`layers._few_channel_conv`);
-* `lax_pointwise_kernel_gradients`: 1x1 convs' kernel gradients by lax's convolution, not as a
-  matmul (`layers._pointwise_conv`);
+* `lax_pointwise_gradients`: 1x1 convs' gradients by lax's convolutions, not as matmuls
+  (`layers._pointwise_conv`);
 * `no_fusion_boundary`: the logits go straight into the softmax / loss
   (`layers.fusion_boundary` is the identity);
 * `no_kernel_gradients` (a diagnosis, not a model): the convolutions' kernels get no gradient,
@@ -148,8 +148,8 @@ VARIANTS = {
     "slices_max_pool": lambda: _swap(_LAYERS, "max_pool_2x2", _slices_max_pool),
     "lax_few_channel_convs": lambda: _swap(_LAYERS, "_MAX_TERMS_FOR_SHIFTED_SUM",
                                            lambda current: 0),
-    "lax_pointwise_kernel_gradients": lambda: _swap(
-        _LAYERS, "POINTWISE_KERNEL_GRADIENT_AS_DOT", lambda current: False),
+    "lax_pointwise_gradients": lambda: _swap(
+        _LAYERS, "POINTWISE_GRADIENTS_AS_MATMULS", lambda current: False),
     "no_fusion_boundary": lambda: _swap(_LAYERS, "fusion_boundary", lambda current: lambda x: x),
 }
 

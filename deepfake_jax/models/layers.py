@@ -21,8 +21,8 @@ _MAX_POSITIONS_FOR_MATMUL = 16
 # image: 27) run as a sum of shifted slices (`_few_channel_conv`).
 _MAX_TERMS_FOR_SHIFTED_SUM = 27
 _NHWC = ("NHWC", "HWIO", "NHWC")
-# 1x1 convolutions get their kernel gradient as one matmul (`_pointwise_conv`).
-POINTWISE_KERNEL_GRADIENT_AS_DOT = True
+# 1x1 convolutions get their gradients as matmuls (`_pointwise_conv`).
+POINTWISE_GRADIENTS_AS_MATMULS = True
 
 
 def cpu_friendly_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
@@ -57,7 +57,7 @@ def cpu_friendly_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_
     h, w = lhs.shape[1] + pt + pb, lhs.shape[2] + pl + pr
     oh, ow = (h - kh) // sh + 1, (w - kw) // sw + 1
     if oh * ow > _MAX_POSITIONS_FOR_MATMUL:
-        if (kh, kw) == (1, 1) and not any((pt, pb, pl, pr)) and POINTWISE_KERNEL_GRADIENT_AS_DOT:
+        if (kh, kw) == (1, 1) and not any((pt, pb, pl, pr)) and POINTWISE_GRADIENTS_AS_MATMULS:
             out = _pointwise_conv(lhs, rhs, (int(sh), int(sw)))
             return out.astype(kwargs.get("preferred_element_type") or out.dtype)
         if kh * kw * cin <= _MAX_TERMS_FOR_SHIFTED_SUM:
@@ -176,9 +176,9 @@ _few_channel_conv.defvjp(_few_channel_conv_fwd, _few_channel_conv_bwd)
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _pointwise_conv(x, w, strides):
-    """A 1x1 convolution (no padding): lax's forward and input gradient; the kernel gradient
-    as one matmul of the (strided) input's pixels by the output gradient's, which XLA:CPU runs
-    faster than its kernel-gradient convolution and the channels-first copies it makes for it."""
+    """A 1x1 convolution (no padding): lax's forward; both gradients as matmuls over the
+    (strided) pixels, which XLA:CPU runs faster than its gradient convolutions and the
+    channels-first copies it makes for the kernel gradient (bench/model_variants.py)."""
     return _lax_conv(x, w, strides, ((0, 0), (0, 0)))
 
 
@@ -188,9 +188,16 @@ def _pointwise_conv_fwd(x, w, strides):
 
 def _pointwise_conv_bwd(strides, residuals, g):
     x, w = residuals
-    dx = jax.vjp(lambda x: _lax_conv(x, w, strides, ((0, 0), (0, 0))), x)[1](g)[0]
-    pixels = x[:, :: strides[0], :: strides[1], :].reshape(-1, x.shape[-1])
-    dw = pixels.T @ g.reshape(-1, g.shape[-1])
+    (sh, sw), (b, oh, ow, cout) = strides, g.shape
+    g_pixels = g.reshape(-1, cout)
+    kernel = w.reshape(w.shape[2], cout)
+    dx = (g_pixels @ kernel.T).reshape(b, oh, ow, -1).astype(x.dtype)
+    if (sh, sw) != (1, 1):  # back onto the pixels the strided conv read, zeros between
+        dx = lax.pad(dx, jnp.zeros((), dx.dtype), (
+            (0, 0, 0), (0, x.shape[1] - 1 - (oh - 1) * sh, sh - 1),
+            (0, x.shape[2] - 1 - (ow - 1) * sw, sw - 1), (0, 0, 0)))
+    pixels = x[:, ::sh, ::sw, :].reshape(-1, x.shape[-1])
+    dw = pixels.T @ g_pixels
     return dx, dw.reshape(w.shape).astype(w.dtype)
 
 

@@ -17,8 +17,9 @@ def _lax(x, w, s, p):
     (4, 3, 2, 1),   # strided, 4 positions: matmul path
     (3, 1, 1, 0),   # 1x1 conv over 9 positions: matmul path
     (6, 1, 2, 0),   # strided 1x1 (ResNet's downsampling shortcut), 9 positions: matmul path
-    (9, 1, 1, 0),   # 1x1 over 81 positions: the matmul kernel gradient
+    (9, 1, 1, 0),   # 1x1 over 81 positions: matmul gradients
     (11, 1, 2, 0),  # strided 1x1, odd size, 36 positions: the same on every other pixel
+    (12, 1, 2, 0),  # strided 1x1, even size
     (5, 3, 2, 0),   # no padding, odd size
     (9, 3, 1, 1),   # 81 positions: lax path
 ])
