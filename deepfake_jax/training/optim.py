@@ -172,8 +172,23 @@ def _two_phase_optimizer(opt_config, total_steps: int, model: Any, phase1: int):
         # Phase 1 clips by the head's gradient norm only; phase 2 by everyone's, as a plain run.
         tx = optax.chain(
             _zero_before(lambda g: param_group_mask(model, g, "backbone"), phase1),
-            optax.clip_by_global_norm(opt_config.grad_clip_norm), tx)
+            clip_by_global_norm(opt_config.grad_clip_norm), tx)
     return tx, head_schedule
+
+
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
+    """`optax.clip_by_global_norm` as one scale factor: t * min(1, max_norm / norm). Optax's
+    select between t and t / norm * max_norm has a divide per value, so XLA materialises the
+    clipped gradients before the moment updates instead of fusing them in; this saves that pass
+    (VGG-16's train step 1.02x faster, docs/cpu_benchmarks.md). Equal to optax's up to a
+    rounding of the clipped values; the same (empty) state, so checkpoints are unchanged."""
+
+    def update(updates, state, params=None):
+        del params
+        scale = jnp.minimum(1.0, max_norm / optax.tree.norm(updates))
+        return jax.tree.map(lambda t: t * scale.astype(t.dtype), updates), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
 def build_optimizer(opt_config: ml_collections.ConfigDict, total_steps: int, *,
@@ -200,7 +215,7 @@ def build_optimizer(opt_config: ml_collections.ConfigDict, total_steps: int, *,
     schedule = learning_rate_schedule(opt_config, total_steps)
     tx = _base_optimizer(opt_config, schedule)
     if opt_config.get("grad_clip_norm"):
-        tx = optax.chain(optax.clip_by_global_norm(opt_config.grad_clip_norm), tx)
+        tx = optax.chain(clip_by_global_norm(opt_config.grad_clip_norm), tx)
     freeze = opt_config.get("freeze")
     if freeze:
         if model is None:

@@ -160,6 +160,24 @@ def _groups(graphdef, tree):
             {p: v for p, v in flat.items() if not head[p]})
 
 
+@pytest.mark.parametrize("scale", [0.1, 30.0])  # below the max norm (untouched), above it
+def test_clip_by_global_norm_matches_optax_with_the_same_state(scale):
+    grads = {"w": scale * jnp.linspace(-1.0, 1.0, 12).reshape(3, 4), "b": jnp.full((4,), scale)}
+    ours, theirs = optim.clip_by_global_norm(2.0), optax.clip_by_global_norm(2.0)
+    state = ours.init(grads)
+    assert jax.tree.structure(state) == jax.tree.structure(theirs.init(grads))
+    clipped, _ = jax.jit(ours.update)(grads, state)
+    reference, _ = jax.jit(theirs.update)(grads, theirs.init(grads))
+    for name in grads:
+        np.testing.assert_allclose(clipped[name], reference[name], rtol=1e-6, atol=0)
+        if scale < 1:
+            np.testing.assert_array_equal(clipped[name], grads[name])
+    assert float(optax.tree.norm(clipped)) == pytest.approx(min(2.0, float(
+        optax.tree.norm(grads))), rel=1e-6)
+    zeros, _ = ours.update(jax.tree.map(jnp.zeros_like, grads), state)
+    assert all(not np.any(z) and np.isfinite(z).all() for z in jax.tree.leaves(zeros))
+
+
 def test_two_phase_optimizer_matches_references():
     """Phase 1: head only, clipped by its own norm; phase 2: the backbone's first update is a
     fresh optimizer's first update (moments and warm-up restart at the boundary)."""
