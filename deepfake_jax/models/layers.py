@@ -145,7 +145,7 @@ def _few_channel_conv(x, w, strides, padding):
     the ReLU and pooling after it, into one loop; XLA:CPU's convolution runs a 3-channel input
     at ~25 GFLOP/s and writes its full-size output first. Under differentiation, forward and
     gradients are lax's: there XLA would recompute the sum in every fusion that reads the
-    output (the seed CNN's train step took 1.9x as long)."""
+    output, and the seed CNN's train step ran far slower."""
     kh, kw, cin, _ = w.shape
     (pt, pb), (pl, pr) = padding
     xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))

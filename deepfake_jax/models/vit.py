@@ -158,7 +158,7 @@ class SelfAttention(nnx.Module):
     def attend(self, logits: jax.Array, v: jax.Array, *, train: bool, rngs) -> jax.Array:
         """softmax(logits) @ v, heads merged: (B, T, D). The softmax's division comes after the
         product with v (one multiply per output, not per logit): XLA:CPU runs the ViT-B/16
-        train step 1.14x faster than with `softmax @ v` (docs/cpu_benchmarks.md). Dropout on
+        train step 1.12x faster than with `softmax @ v` (docs/cpu_benchmarks.md). Dropout on
         the unnormalised weights equals dropout on the probabilities: a row's scale commutes
         with the mask."""
         weights = jnp.exp(logits - jax.lax.stop_gradient(logits.max(-1, keepdims=True)))
