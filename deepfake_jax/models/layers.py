@@ -31,9 +31,10 @@ def cpu_friendly_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_
 
     Same result (up to float rounding). On CPU, for NHWC: im2col + matmul for small outputs,
     where XLA's own convolution is ~100x slower; depthwise convolutions as shifted
-    multiply-adds (`depthwise_conv_shifted`). Everything else goes to lax unchanged (1x1 convs
-    included: under the project's XLA flags, `deepfake_jax/xla_options.py`, lax's 1x1 convs train
-    EfficientNet-Lite0 1.19x faster than matmuls and ResNet-50 as fast, bench/model_variants.py).
+    multiply-adds (`depthwise_conv_shifted`); 1x1 convolutions with lax's forward and matmul
+    gradients (`_pointwise_conv`); convolutions of few input channels as a shifted sum in the
+    forward (`_few_channel_conv`). Everything else goes to lax unchanged. Each form is measured
+    against lax's in bench/model_variants.py (docs/cpu_benchmarks.md).
     """
     def fallback():
         return lax.conv_general_dilated(
@@ -236,7 +237,8 @@ def _max_pool_2x2_fwd(x):
 def _max_pool_2x2_bwd(residuals, g):
     # The gradient of each window goes to its first maximum (as select-and-scatter does), built
     # by interleaving the four taps' shares: one elementwise pass, no scatter and no pad per tap
-    # (jnp.maximum's own gradient splits ties and costs 1.9x as much in the seed CNN's step).
+    # (with jnp.maximum's own gradient, which splits ties, the seed CNN's train step is 1.15x
+    # slower: bench/model_variants.py slices_max_pool).
     x, out = residuals
     taken = jnp.zeros(out.shape, bool)
     shares = []
